@@ -1,0 +1,1 @@
+"""modelyard: a tracked, reproducible training pipeline."""

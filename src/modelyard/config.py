@@ -1,0 +1,360 @@
+"""params.yaml -> typed, frozen settings.
+
+Parsed once at the edge (CLI, stage scripts); code in `src` takes these objects and never
+opens params.yaml itself. Unknown keys and bad values are errors that name the key and,
+for unknown keys, the allowed ones.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from modelyard.errors import ModelyardError
+
+Problem = Literal["binary", "multiclass", "regression"]
+Device = Literal["auto", "cpu", "cuda"]
+EncoderName = Literal[
+    "onehot",
+    "ordinal",
+    "binary",
+    "basen",
+    "hashing",
+    "target",
+    "leave_one_out",
+    "woe",
+    "james_stein",
+    "m_estimate",
+    "helmert",
+    "sum",
+    "backward_difference",
+    "polynomial",
+]
+# Encoders that learn from the target: they need a numeric or binary target.
+TARGET_ENCODERS = {"target", "leave_one_out", "woe", "james_stein", "m_estimate"}
+TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class Frozen(BaseModel):
+    """Base for every settings object: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ColumnSchema(Frozen):
+    """What one column of the raw data must look like."""
+
+    type: Literal["integer", "number", "category"]
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] | None = None
+    max_null_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ColumnSchema:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.type == "category" and (self.min is not None or self.max is not None):
+            raise ValueError("min/max apply to numeric columns, not to a category column")
+        if self.type != "category" and self.categories is not None:
+            raise ValueError("categories apply to category columns only")
+        return self
+
+
+class RowBounds(Frozen):
+    min: int = Field(1, ge=1)
+    max: int | None = None
+
+
+class SchemaSettings(Frozen):
+    """The declared shape of a task's raw data; validation checks it, featurize uses it."""
+
+    columns: dict[str, ColumnSchema]
+    rows: RowBounds = RowBounds()
+
+    def names(self, kind: str) -> list[str]:
+        """Column names of one kind: 'category' or 'numeric'."""
+        if kind == "category":
+            return [n for n, c in self.columns.items() if c.type == "category"]
+        return [n for n, c in self.columns.items() if c.type != "category"]
+
+
+class SourceSettings(Frozen):
+    """Where a task's data comes from: a built-in dataset or a CSV / Parquet file."""
+
+    builtin: Literal["adult"] | None = None
+    path: str | None = None
+    na_values: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SourceSettings:
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("give exactly one of 'builtin' (a dataset name) or 'path' (a .csv or .parquet file)")
+        if self.path is not None and Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
+            raise ValueError(f"path {self.path!r} must end in .csv or .parquet")
+        return self
+
+
+class SplitSettings(Frozen):
+    test_size: float = Field(0.2, gt=0.0, lt=1.0)
+    val_size: float = Field(0.2, gt=0.0, lt=1.0)
+    stratify: bool = True
+
+
+class FeatureSettings(Frozen):
+    """Encoders per categorical column, numeric imputation and scaling."""
+
+    default_encoder: EncoderName = "onehot"
+    encoders: dict[str, EncoderName] = {}
+    onehot_drop: Literal["none", "first", "if_binary"] = "none"
+    basen_base: int = Field(3, ge=2)
+    hashing_components: int = Field(8, ge=1)
+    numeric_impute: Literal["mean", "median", "zero"] = "median"
+    scaler: Literal["standard", "minmax", "robust", "quantile", "none"] = "standard"
+
+    def encoder_for(self, column: str) -> str:
+        return self.encoders.get(column, self.default_encoder)
+
+
+class Hyperparams(Frozen):
+    """Everything one training run is built from; tuning searches over a subset."""
+
+    lr: float = Field(1.0e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    l1: float = Field(0.0, ge=0.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    batch_size: int = Field(256, ge=1)
+    n_layers: int = Field(2, ge=1)
+    units: int = Field(128, ge=1)
+    activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "elu"] = "relu"
+    batch_norm: bool = False
+
+
+class Distribution(Frozen):
+    """One search-space entry: a range (`low`, `high`, optional `log`/`step`) or `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Distribution:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices is empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give low and high (or choices)")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is greater than high ({self.high}); swap them")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        return self
+
+
+class TuneSettings(Frozen):
+    n_trials: int = Field(20, ge=1)
+    max_epochs: int = Field(10, ge=1)
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    storage: str | None = None
+    search_space: dict[str, Distribution] = {}
+
+    @model_validator(mode="after")
+    def _known_hparams(self) -> TuneSettings:
+        fields = Hyperparams.model_fields
+        for name, dist in self.search_space.items():
+            if name not in fields:
+                raise ValueError(f"search_space.{name}: unknown hyperparameter; allowed: {', '.join(fields)}")
+            kind = _hparam_kind(name)
+            if dist.choices is None and kind not in (int, float):
+                raise ValueError(f"search_space.{name}: {name} takes choices, not a low/high range")
+            if dist.choices is not None:
+                for choice in dist.choices:
+                    Hyperparams.model_validate({name: choice})
+        return self
+
+
+class TrainSettings(Frozen):
+    max_epochs: int = Field(50, ge=1)
+    patience: int = Field(5, ge=1)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+
+
+class RegistrySettings(Frozen):
+    """Which test metric decides whether a new model replaces the champion."""
+
+    metric: str | None = None
+
+
+class TaskSettings(Frozen):
+    """One task: data source + target + problem type + model family + features + training."""
+
+    source: SourceSettings
+    target: str
+    problem: Problem
+    family: Literal["ann"] = "ann"
+    positive_label: str | None = None
+    metric: Literal["accuracy", "loss", "rmse", "mae"] | None = None
+    loss: Literal["auto", "mse", "mae", "huber"] = "auto"
+    schema_: SchemaSettings = Field(alias="schema")
+    split: SplitSettings = SplitSettings()
+    features: FeatureSettings = FeatureSettings()
+    model: Hyperparams = Hyperparams()
+    tune: TuneSettings = TuneSettings()
+    train: TrainSettings = TrainSettings()
+    registry: RegistrySettings = RegistrySettings()
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSettings:
+        columns = self.schema_.columns
+        if self.target not in columns:
+            raise ValueError(f"target {self.target!r} is not a column in schema.columns; declare it there")
+        target_col = columns[self.target]
+        classification = self.problem != "regression"
+        if classification and target_col.type != "category":
+            raise ValueError(f"target {self.target!r} of a {self.problem} task must be a category column")
+        if not classification and target_col.type == "category":
+            raise ValueError(f"target {self.target!r} of a regression task must be numeric")
+        if self.problem == "binary" and (target_col.categories is None or len(target_col.categories) != 2):
+            raise ValueError(f"a binary task needs exactly 2 categories for target {self.target!r}")
+        if self.positive_label is not None:
+            if self.problem != "binary":
+                raise ValueError("positive_label applies to binary tasks only")
+            if self.positive_label not in (target_col.categories or ()):
+                raise ValueError(f"positive_label {self.positive_label!r} is not one of the target's categories")
+        if self.metric in ("rmse", "mae") and classification:
+            raise ValueError(f"metric {self.metric!r} is for regression; use accuracy or loss")
+        if self.metric == "accuracy" and not classification:
+            raise ValueError("metric 'accuracy' is for classification; use rmse, mae or loss")
+        if self.loss != "auto" and classification:
+            raise ValueError("loss applies to regression tasks; classification uses cross-entropy")
+        categorical = set(self.schema_.names("category")) - {self.target}
+        for column, encoder in self.features.encoders.items():
+            if column not in categorical:
+                raise ValueError(
+                    f"features.encoders.{column}: not a categorical feature column; "
+                    f"categorical columns: {', '.join(sorted(categorical)) or 'none'}"
+                )
+        used = {self.features.encoder_for(c) for c in categorical}
+        if self.problem == "multiclass" and used & TARGET_ENCODERS:
+            raise ValueError(
+                f"encoders {sorted(used & TARGET_ENCODERS)} need a binary or numeric target; "
+                "use onehot, ordinal, binary, basen, hashing or a contrast encoder for multiclass tasks"
+            )
+        if "woe" in used and self.problem != "binary":
+            raise ValueError("the woe encoder needs a binary target")
+        return self
+
+    @property
+    def monitor(self) -> str:
+        """The validation metric that drives early stopping, pruning and the tuning objective."""
+        default = "rmse" if self.problem == "regression" else "accuracy"
+        return f"val_{self.metric or default}"
+
+    @property
+    def promotion_metric(self) -> str:
+        """The test metric on which a new model must beat the champion."""
+        default = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "rmse"}[self.problem]
+        return f"test_{self.registry.metric or default}"
+
+
+class Settings(Frozen):
+    """The whole params.yaml."""
+
+    seed: int = 0
+    device: Device = "auto"
+    tasks: dict[str, TaskSettings]
+
+    @model_validator(mode="after")
+    def _task_names(self) -> Settings:
+        for name in self.tasks:
+            if not TASK_NAME.match(name):
+                raise ValueError(f"task name {name!r}: use lowercase letters, digits, '-' and '_'")
+        return self
+
+    def task(self, name: str) -> TaskSettings:
+        """One task's settings, or an error that lists the tasks params.yaml declares."""
+        if name not in self.tasks:
+            raise ModelyardError(
+                f"no task {name!r} in params.yaml", f"use one of: {', '.join(self.tasks) or '(none declared)'}"
+            )
+        return self.tasks[name]
+
+
+def _hparam_kind(name: str) -> type:
+    annotation = typing.get_type_hints(Hyperparams)[name]
+    return annotation if annotation in (int, float, bool) else object
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and check params.yaml; every problem is reported with its key path."""
+    if not path.is_file():
+        raise ModelyardError(f"params file {path} not found", "run from the repository root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ModelyardError(f"{path} is not valid YAML: {exc}", "fix the syntax at the line shown") from None
+    return parse_settings(raw, source=str(path))
+
+
+def parse_settings(raw: Any, source: str = "params.yaml") -> Settings:
+    """Validate a params mapping into `Settings`, with readable errors."""
+    if not isinstance(raw, dict):
+        raise ModelyardError(f"{source} must hold a mapping with a 'tasks:' section")
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise ModelyardError(f"{source} has {len(lines)} problem(s):\n" + "\n".join(lines), "edit those keys") from None
+
+
+def _describe(err: Any) -> str:
+    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(err["loc"][:-1])
+        allowed = ", ".join(_aliases(parent)) if parent else ""
+        return f"  - {key}: unknown key" + (f"; allowed: {allowed}" if allowed else "")
+    message = err["msg"].removeprefix("Value error, ")
+    return f"  - {key}: {message}" + (f" (got {err['input']!r})" if err["type"] != "value_error" else "")
+
+
+def _aliases(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The settings class found at a location, to list its allowed keys."""
+    model: Any = Settings
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        if part in fields:
+            model = fields[part].annotation
+            model = _dict_value(model) if _dict_value(model) else model
+        elif isinstance(part, str) and model in (Settings,):
+            return None
+        else:
+            continue
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model
+    return None
+
+
+def _dict_value(annotation: Any) -> Any:
+    if typing.get_origin(annotation) is dict:
+        return typing.get_args(annotation)[1]
+    return None

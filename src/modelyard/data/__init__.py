@@ -1,0 +1,1 @@
+"""Data layer: reading sources, validating them with Great Expectations, splitting."""

@@ -1,0 +1,34 @@
+"""Seeded train / validation / test splits, stratified for classification."""
+
+from __future__ import annotations
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from modelyard.config import SplitSettings
+from modelyard.errors import ModelyardError
+
+
+def split_frame(
+    frame: pd.DataFrame, target: str, split: SplitSettings, *, classification: bool, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Split into train, validation and test.
+
+    `test_size` is a fraction of all rows; `val_size` a fraction of what remains after
+    the test rows are set aside (the usual two-step split, so a seed gives the same test
+    rows whatever `val_size` is).
+    """
+    stratify = classification and split.stratify
+    try:
+        rest, test = train_test_split(
+            frame, test_size=split.test_size, random_state=seed, stratify=frame[target] if stratify else None
+        )
+        train, val = train_test_split(
+            rest, test_size=split.val_size, random_state=seed, stratify=rest[target] if stratify else None
+        )
+    except ValueError as exc:
+        raise ModelyardError(
+            f"cannot split {len(frame)} rows: {exc}",
+            "use more rows, smaller test/val fractions, or split.stratify: false",
+        ) from None
+    return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True)

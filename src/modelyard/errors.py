@@ -1,0 +1,16 @@
+"""The one exception type users see: what went wrong and how to fix it, no traceback."""
+
+
+class ModelyardError(Exception):
+    """A problem with the user's input or environment, reported as a short message.
+
+    `hint` says how to fix it; the CLI prints both and exits non-zero.
+    """
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  fix: {self.hint}" if self.hint else self.message

@@ -1,0 +1,99 @@
+"""Test metrics, curve data and plots. Metric keys are stable and slash-free."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from modelyard.config import Problem
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "mape")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a metric name (e.g. val_loss, test_rmse) improves downwards."""
+    return metric.endswith(LOWER_IS_BETTER)
+
+
+def compute_metrics(problem: Problem, y_true: np.ndarray, output: np.ndarray, prefix: str = "test_") -> dict[str, float]:
+    """Classification: accuracy, precision, recall, F1, ROC-AUC, log loss; regression: RMSE, MAE, R2.
+
+    `y_true` holds class indices (classification) or values; `output` holds the model's
+    probabilities (positive class for binary, one column per class for multiclass) or values.
+    """
+    if problem == "regression":
+        result = {
+            "rmse": float(np.sqrt(skm.mean_squared_error(y_true, output))),
+            "mae": float(skm.mean_absolute_error(y_true, output)),
+            "r2": float(skm.r2_score(y_true, output)),
+        }
+    else:
+        binary = problem == "binary"
+        predicted = (output >= 0.5).astype(int) if binary else output.argmax(axis=1)
+        average = "binary" if binary else "macro"
+        n_classes = 2 if binary else output.shape[1]
+        result = {
+            "accuracy": float(skm.accuracy_score(y_true, predicted)),
+            "precision": float(skm.precision_score(y_true, predicted, average=average, zero_division=0)),
+            "recall": float(skm.recall_score(y_true, predicted, average=average, zero_division=0)),
+            "f1": float(skm.f1_score(y_true, predicted, average=average, zero_division=0)),
+            "log_loss": float(skm.log_loss(y_true, output, labels=list(range(n_classes)))),
+        }
+        if len(np.unique(y_true)) == n_classes:
+            result["roc_auc"] = float(skm.roc_auc_score(y_true, output, multi_class="ovr"))
+    return {f"{prefix}{k}": v for k, v in result.items()}
+
+
+def curve_tables(
+    problem: Problem, y_true: np.ndarray, output: np.ndarray, class_labels: list[str]
+) -> dict[str, pd.DataFrame]:
+    """Data for DVC plots: per-row actual/predicted labels, and ROC and PR curves (binary)."""
+    if problem == "regression":
+        return {"predictions": pd.DataFrame({"actual": y_true, "predicted": output})}
+    predicted = (output >= 0.5).astype(int) if problem == "binary" else output.argmax(axis=1)
+    labels = np.asarray(class_labels, dtype=object)
+    tables = {"confusion": pd.DataFrame({"actual": labels[y_true], "predicted": labels[predicted]})}
+    if problem == "binary":
+        fpr, tpr, _ = skm.roc_curve(y_true, output)
+        precision, recall, _ = skm.precision_recall_curve(y_true, output)
+        tables["roc"] = pd.DataFrame({"fpr": fpr, "tpr": tpr})
+        tables["precision_recall"] = pd.DataFrame({"recall": recall, "precision": precision})
+    return tables
+
+
+def plot_tables(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
+    """Figures of the curve tables, for the MLflow UI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figures: dict[str, Figure] = {}
+    if "confusion" in tables:
+        frame = tables["confusion"]
+        matrix = pd.crosstab(frame["actual"], frame["predicted"])
+        fig = Figure(figsize=(5, 4))
+        ax = fig.subplots()
+        image = ax.imshow(matrix.to_numpy(), cmap="Blues")
+        ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45)
+        ax.set_yticks(range(matrix.shape[0]), matrix.index)
+        for (i, j), count in np.ndenumerate(matrix.to_numpy()):
+            ax.text(j, i, str(count), ha="center", va="center")
+        ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix (test)")
+        fig.colorbar(image)
+        figures["confusion_matrix"] = fig
+    for name, (x, y) in {"roc": ("fpr", "tpr"), "precision_recall": ("recall", "precision"), "predictions": ("actual", "predicted")}.items():
+        if name in tables:
+            fig = Figure(figsize=(5, 4))
+            ax = fig.subplots()
+            style = {"s": 4} if name == "predictions" else {}
+            (ax.scatter if name == "predictions" else ax.plot)(tables[name][x], tables[name][y], **style)
+            ax.set(xlabel=x, ylabel=y, title=f"{name.replace('_', ' ')} (test)")
+            figures[f"{name}_curve"] = fig
+    return figures
