@@ -176,7 +176,7 @@ class TuneSettings(Frozen):
         for name, dist in self.search_space.items():
             if name not in fields:
                 raise ValueError(f"search_space.{name}: unknown hyperparameter; allowed: {', '.join(fields)}")
-            kind = _hparam_kind(name)
+            kind = hparam_kind(name)
             if dist.choices is None and kind not in (int, float):
                 raise ValueError(f"search_space.{name}: {name} takes choices, not a low/high range")
             if dist.choices is not None:
@@ -294,7 +294,7 @@ class Settings(Frozen):
         return self.tasks[name]
 
 
-def _hparam_kind(name: str) -> type:
+def hparam_kind(name: str) -> type:
     annotation = typing.get_type_hints(Hyperparams)[name]
     return annotation if annotation in (int, float, bool) else object
 

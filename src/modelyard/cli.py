@@ -1,0 +1,88 @@
+"""`modelyard <stage> [--task T]`: run a pipeline stage by hand, exactly as DVC runs it.
+
+Exit codes: 0 done; 2 bad input (params, data, files; the message says how to fix it);
+3 data failed validation; 1 an unexpected error (rerun with --debug for the traceback);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from modelyard.errors import ModelyardError
+
+STAGE_HELP = {
+    "ingest": "read a task's source into data/<task>/raw.parquet",
+    "validate": "check the raw data with Great Expectations (Data Docs in data/<task>/data_docs)",
+    "split": "seeded train / validation / test split",
+    "featurize": "fit encoders and scaling on the training split; transform all splits",
+    "tune": "Optuna study over the search space, one MLflow child run per trial",
+    "train": "train the final model with the best hyperparameters and log it to MLflow",
+    "evaluate": "test metrics and plots for the trained model",
+    "register": "register the model; promote it to champion only if it beats the current one",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelyard", description="Tracked, reproducible training pipeline. `dvc repro` runs all stages in order."
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and library logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, text in STAGE_HELP.items():
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--task", action="append", help="task name from params.yaml (repeatable; default: all tasks)")
+        sub.add_argument("--params", type=Path, default=None, help="params file (default: <repo>/params.yaml)")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep third-party chatter (migrations, deprecations, progress bars) off the console."""
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    for name in ("alembic", "mlflow", "great_expectations", "optuna", "urllib3", "git"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run(args: argparse.Namespace) -> None:
+    from modelyard.config import load_settings
+    from modelyard.paths import find_root
+    from modelyard.stages import STAGES, Context
+
+    root = find_root(args.params.parent if args.params else None)
+    settings = load_settings(args.params or root / "params.yaml")
+    for task_name in args.task or list(settings.tasks):
+        settings.task(task_name)
+        STAGES[args.command](Context(root, settings, task_name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        quiet_libraries()
+    try:
+        run(args)
+    except ModelyardError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc}\n  rerun with --debug for the traceback", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

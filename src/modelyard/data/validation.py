@@ -1,0 +1,321 @@
+"""Check a task's raw frame against the schema declared in params.yaml, with Great Expectations.
+
+`build_expectations` turns `tasks.<task>.schema` into GX expectations; `validate_frame` runs them
+on an in-memory frame (an ephemeral GX context, nothing written unless `docs_dir` is given) and
+returns a `ValidationReport` a person can read. Great Expectations is imported inside the
+functions: its import costs about 2 s and nothing here may run at import time.
+
+Column types, as checked:
+- `integer` and `number` both mean a numeric dtype (any int, uint or float width, or pandas'
+  nullable Int/Float dtypes). An integer column with a missing value reads as float64, so
+  `integer` accepts floats; it does not check that each value is a whole number.
+- `category` means text: dtype `str` under pandas 3 (`sources.conform` reads category columns as
+  text). GX's `ExpectColumnValuesToBeOfType(type_="str")` is the check that passes on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from modelyard.config import TaskSettings
+from modelyard.errors import ModelyardError
+
+N_EXAMPLES = 5
+# Names GX's pandas type check resolves (numpy dtypes, pandas nullable dtypes, python types).
+NUMERIC_TYPES = [
+    *(f"int{b}" for b in (8, 16, 32, 64)),
+    *(f"uint{b}" for b in (8, 16, 32, 64)),
+    *(f"float{b}" for b in (16, 32, 64)),
+    *(f"Int{b}Dtype" for b in (8, 16, 32, 64)),
+    *(f"UInt{b}Dtype" for b in (8, 16, 32, 64)),
+    "Float32Dtype",
+    "Float64Dtype",
+    "int",
+    "float",
+]
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The outcome of validating one frame: one entry in `failures` per failed expectation."""
+
+    success: bool
+    n_expectations: int
+    failures: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable summary."""
+        return {
+            "success": self.success,
+            "n_expectations": self.n_expectations,
+            "n_failed": len(self.failures),
+            "failures": self.failures,
+        }
+
+    def describe(self) -> str:
+        """The failed expectations, one line each, for a terminal."""
+        if self.success:
+            return f"data passed all {self.n_expectations} expectations"
+        lines = [f"data failed {len(self.failures)} of {self.n_expectations} expectations:"]
+        for failure in self.failures:
+            where = failure["column"] if failure["column"] is not None else "table"
+            line = f"  - {where}: {failure['problem']}"
+            if failure["examples"]:
+                line += " (e.g. " + ", ".join(json.dumps(v) for v in failure["examples"]) + ")"
+            lines.append(line)
+        return "\n".join(lines)
+
+
+class ValidationFailed(ModelyardError):
+    """Raised by callers when a task's data does not match its declared schema."""
+
+    def __init__(self, report: ValidationReport, task_name: str) -> None:
+        super().__init__(
+            report.describe(),
+            f"fix the data, or if the data is right, the schema in params.yaml (tasks.{task_name}.schema)",
+        )
+        self.report = report
+        self.task_name = task_name
+
+
+def build_expectations(task: TaskSettings) -> list:
+    """The GX expectations that the task's declared schema and target imply."""
+    import great_expectations as gx
+
+    exp = gx.expectations
+    schema = task.schema_
+    expectations: list = [exp.ExpectTableRowCountToBeBetween(min_value=schema.rows.min, max_value=schema.rows.max)]
+    for name, column in schema.columns.items():
+        expectations.append(exp.ExpectColumnToExist(column=name))
+        if column.type == "category":
+            expectations.append(exp.ExpectColumnValuesToBeOfType(column=name, type_="str"))
+        else:
+            expectations.append(exp.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES))
+        if column.min is not None or column.max is not None:
+            expectations.append(
+                exp.ExpectColumnValuesToBeBetween(column=name, min_value=column.min, max_value=column.max)
+            )
+        if column.categories is not None:
+            expectations.append(exp.ExpectColumnValuesToBeInSet(column=name, value_set=list(column.categories)))
+        mostly = 1.0 if name == task.target else 1.0 - column.max_null_fraction
+        if mostly >= 1.0:
+            expectations.append(exp.ExpectColumnValuesToNotBeNull(column=name))
+        elif mostly > 0.0:
+            expectations.append(exp.ExpectColumnValuesToNotBeNull(column=name, mostly=mostly))
+    return expectations
+
+
+def validate_frame(frame: pd.DataFrame, task: TaskSettings, docs_dir: Path | None = None) -> ValidationReport:
+    """Run the task's expectations on `frame`; with `docs_dir`, also write the GX Data Docs site there.
+
+    Expectations about a column the frame lacks are not run: the missing column is reported once.
+    An expectation that GX cannot evaluate on a column that already failed (a range check on a
+    text column) is left out of the report as a consequence of that failure.
+    """
+    import great_expectations as gx
+
+    expectations = [e for e in build_expectations(task) if _column_of(e) in (None, *frame.columns) or _is_exist(e)]
+    run_id = uuid.uuid4().hex[:12]
+    staging_dir = None
+    if docs_dir is not None:
+        docs_dir = Path(docs_dir)
+        docs_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging_dir = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}-", dir=docs_dir.parent))
+    try:
+        with _quiet_gx():
+            context = gx.get_context(mode="ephemeral", project_config=_context_config(staging_dir))
+            batch = (
+                context.data_sources.add_pandas(f"frame-{run_id}")
+                .add_dataframe_asset(f"frame-{run_id}")
+                .add_batch_definition_whole_dataframe(f"whole-{run_id}")
+            )
+            suite = context.suites.add(gx.ExpectationSuite(name=f"schema-{run_id}", expectations=expectations))
+            definition = context.validation_definitions.add(
+                gx.ValidationDefinition(name=f"validate-{run_id}", data=batch, suite=suite)
+            )
+            if staging_dir is None:
+                result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+            else:
+                checkpoint = context.checkpoints.add(
+                    gx.Checkpoint(
+                        name=f"checkpoint-{run_id}",
+                        validation_definitions=[definition],
+                        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                        result_format={"result_format": "SUMMARY"},
+                    )
+                )
+                outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+                result = next(iter(outcome.run_results.values()))
+        if staging_dir is not None:
+            _replace_dir(staging_dir, docs_dir)
+            staging_dir = None
+    finally:
+        if staging_dir is not None:
+            shutil.rmtree(staging_dir, ignore_errors=True)
+    failures = _failures(result.results, frame, task)
+    return ValidationReport(success=not failures, n_expectations=len(result.results), failures=failures)
+
+
+def _column_of(expectation: Any) -> str | None:
+    return getattr(expectation, "column", None)
+
+
+def _is_exist(expectation: Any) -> bool:
+    return type(expectation).__name__ == "ExpectColumnToExist"
+
+
+@contextmanager
+def _quiet_gx() -> Iterator[None]:
+    """Silence GX's logging for one validation (progress bars and analytics are off in its config)."""
+    logger = logging.getLogger("great_expectations")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _context_config(docs_dir: Path | None) -> Any:
+    """An in-memory context with no analytics and no progress bars; one local docs site if asked."""
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    sites = {}
+    if docs_dir is not None:
+        sites["local_site"] = {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    return DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites=sites,
+        progress_bars=ProgressBarsConfig(globally=False),
+        analytics_enabled=False,
+    )
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put `new` in place of `target`, removing an old `target`; each step is a rename."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}-old-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+    new.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _failures(results: list, frame: pd.DataFrame, task: TaskSettings) -> list[dict]:
+    pairs = [(r, _failure(r, frame, task)) for r in results if not r.success]
+    # A check GX could not evaluate on a column that already failed (range on text) adds nothing.
+    failed_columns = {f["column"] for r, f in pairs if not _raised(r)}
+    return [f for r, f in pairs if not (_raised(r) and f["column"] in failed_columns)]
+
+
+def _raised(result: Any) -> bool:
+    return _exception_message(result) is not None
+
+
+def _exception_message(result: Any) -> str | None:
+    info = result.exception_info or {}
+    entries = [info] if "raised_exception" in info else list(info.values())
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("raised_exception"):
+            return str(entry.get("exception_message") or "unknown error").strip().splitlines()[-1]
+    return None
+
+
+def _failure(result: Any, frame: pd.DataFrame, task: TaskSettings) -> dict:
+    config = result.expectation_config
+    kind = config.type
+    kwargs = config.kwargs
+    column = kwargs.get("column")
+    info = result.result or {}
+    examples = [_json_safe(c["value"]) for c in info.get("partial_unexpected_counts", [])] or [
+        _json_safe(v) for v in info.get("partial_unexpected_list", [])
+    ]
+    examples = list(dict.fromkeys(json.dumps(v) for v in examples))
+    examples = [json.loads(v) for v in examples][:N_EXAMPLES]
+    count = info.get("unexpected_count")
+    share = f"{count} value(s) ({info.get('unexpected_percent', 0.0):.3g}%)"
+    error = _exception_message(result)
+    if error is not None:
+        problem = f"could not be checked ({kind}): {error}"
+    elif kind == "expect_column_to_exist":
+        problem = f"column {column!r} is missing"
+    elif kind == "expect_column_values_to_be_in_type_list":
+        problem = f"expected numbers, found {_observed_type(info, 'non-numeric')} values"
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        examples = [_json_safe(v) for v in frame[column][numbers.isna() & frame[column].notna()].unique()[:N_EXAMPLES]]
+    elif kind == "expect_column_values_to_be_of_type":
+        problem = f"expected text (a category column), found {_observed_type(info, 'non-text')} values"
+    elif kind == "expect_column_values_to_be_between":
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        bounds = f"[{_num(low)}, {_num(high)}]" if low is not None and high is not None else None
+        bounds = bounds or (f">= {_num(low)}" if low is not None else f"<= {_num(high)}")
+        problem = f"{share} outside the allowed range {bounds}"
+    elif kind == "expect_column_values_to_be_in_set":
+        problem = f"{share} not among the declared categories"
+    elif kind == "expect_column_values_to_not_be_null":
+        rows = ", ".join(str(_json_safe(i)) for i in info.get("partial_unexpected_index_list", [])[:N_EXAMPLES])
+        where = f"; first at rows {rows}" if rows else ""
+        if column == task.target:
+            problem = f"the target has {count} null value(s) and may have none{where}"
+        else:
+            allowed = task.schema_.columns[column].max_null_fraction
+            limit = f"at most {allowed * 100:.3g}% allowed" if allowed else "none allowed"
+            problem = f"{share} are null; {limit}{where}"
+        examples = []
+    elif kind == "expect_table_row_count_to_be_between":
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        wanted = f"between {low} and {high}" if high is not None else f"at least {low}"
+        problem = f"{info.get('observed_value')} rows; expected {wanted}"
+    else:
+        problem = f"{kind} failed"
+    return {"expectation": _type_name(kind), "column": column, "problem": problem, "examples": examples}
+
+
+def _type_name(snake: str) -> str:
+    """GX's class name for an expectation type: expect_column_to_exist -> ExpectColumnToExist."""
+    return "".join(part.capitalize() for part in snake.split("_"))
+
+
+def _observed_type(info: dict, default: str) -> str:
+    observed = str(info.get("observed_value", default))
+    return {"str": "text", "bool_": "true/false", "object_": "mixed"}.get(observed, observed)
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """A value JSON can hold: numpy scalars become Python ones, missing values None."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        with suppress(ValueError, TypeError):
+            value = value.item()
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float):
+        return None if math.isnan(value) else value if math.isfinite(value) else str(value)
+    if isinstance(value, (bool, int, str)):
+        return value
+    return str(value)

@@ -1,0 +1,195 @@
+"""Tabular features: one encoder per categorical column, imputation and scaling for numeric ones.
+
+`TabularPreprocessor` follows the scikit-learn estimator contract and is pickled next to the
+network, so inference rebuilds exactly the features training saw. Everything it learns comes
+from the rows given to `fit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import category_encoders as ce
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    MinMaxScaler,
+    OneHotEncoder,
+    QuantileTransformer,
+    RobustScaler,
+    StandardScaler,
+)
+from sklearn.utils.validation import check_is_fitted
+
+from modelyard.config import TARGET_ENCODERS, FeatureSettings, TaskSettings
+from modelyard.errors import ModelyardError
+
+MISSING = "__missing__"
+ONEHOT_DROP = {"none": None, "first": "first", "if_binary": "if_binary"}
+IMPUTE_STRATEGY = {"mean": "mean", "median": "median", "zero": "constant"}
+# category_encoders classes that take the same unknown/missing options; seeded ones get random_state.
+CE_ENCODERS = {
+    "ordinal": ce.OrdinalEncoder,
+    "binary": ce.BinaryEncoder,
+    "target": ce.TargetEncoder,
+    "leave_one_out": ce.LeaveOneOutEncoder,
+    "woe": ce.WOEEncoder,
+    "james_stein": ce.JamesSteinEncoder,
+    "m_estimate": ce.MEstimateEncoder,
+    "helmert": ce.HelmertEncoder,
+    "sum": ce.SumEncoder,
+    "backward_difference": ce.BackwardDifferenceEncoder,
+    "polynomial": ce.PolynomialEncoder,
+}
+SEEDED = {"leave_one_out", "woe", "james_stein", "m_estimate"}
+
+
+class TabularPreprocessor(BaseEstimator, TransformerMixin):
+    """Turn a raw frame into a dense float32 matrix for the network.
+
+    Categorical columns: missing values become the level "__missing__", then the column's
+    encoder (`settings.encoder_for(column)`) encodes it. A category unseen in `fit` never
+    raises: one-hot gives all zeros (with `onehot_drop` first/if_binary that is the same row
+    as the dropped level, scikit-learn's documented behaviour), ordinal gives -1, the target
+    encoders give the training prior, binary/base-n and the contrast encoders give zeros,
+    and hashing hashes it like any other value.
+
+    Numeric columns: imputed (`settings.numeric_impute`), then scaled (`settings.scaler`).
+    Columns not listed in `categorical` or `numeric` (the target, say) are dropped.
+    """
+
+    def __init__(self, settings: FeatureSettings, categorical: list[str], numeric: list[str], seed: int = 0) -> None:
+        self.settings = settings
+        self.categorical = categorical
+        self.numeric = numeric
+        self.seed = seed
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray | None = None) -> TabularPreprocessor:
+        """Learn encoders and scalers from these rows only; `y` is the encoded target."""
+        self._check_columns(X)
+        used = {self.settings.encoder_for(c) for c in self.categorical}
+        if y is None and used & TARGET_ENCODERS:
+            raise ModelyardError(
+                f"encoders {sorted(used & TARGET_ENCODERS)} learn from the target, but fit got no y",
+                "pass the encoded target to fit",
+            )
+        columns = _build_columns(self.settings, list(self.categorical), list(self.numeric), len(X), self.seed)
+        with _quiet():
+            out = columns.fit_transform(X, y)
+        self.columns_ = columns
+        self.feature_names_out_ = self._feature_names(columns)
+        self.n_features_out_ = int(out.shape[1])
+        return self
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        """Encode rows with what `fit` learned: float32, shape (n_rows, n_features_out_)."""
+        check_is_fitted(self, "columns_")
+        self._check_columns(X)
+        with _quiet():
+            out = np.asarray(self.columns_.transform(X), dtype=np.float32)
+        if not np.isfinite(out).all():
+            raise ModelyardError(
+                "features hold NaN or infinite values after preprocessing",
+                "check numeric columns for infinite values (validation should reject them)",
+            )
+        return out
+
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        """Output column names, as scikit-learn estimators report them."""
+        check_is_fitted(self, "columns_")
+        return np.asarray(self.feature_names_out_, dtype=object)
+
+    def _check_columns(self, X: pd.DataFrame) -> None:
+        missing = [c for c in [*self.categorical, *self.numeric] if c not in X.columns]
+        if missing:
+            raise ModelyardError(
+                f"feature columns missing from the data: {', '.join(missing)}",
+                "give the frame every column the task's schema declares",
+            )
+
+    def _feature_names(self, columns: ColumnTransformer) -> list[str]:
+        names: list[str] = []
+        fitted = dict((name, step) for name, step, _ in columns.transformers_)
+        for i, column in enumerate(self.categorical):
+            for out in fitted[f"cat{i}"].get_feature_names_out([column]):
+                out = str(out)
+                names.append(out if out == column or out.startswith(f"{column}_") else f"{column}_{out}")
+        return names + list(self.numeric)
+
+
+def build_preprocessor(task: TaskSettings, seed: int = 0) -> TabularPreprocessor:
+    """An unfitted preprocessor for a task: every schema column but the target is a feature."""
+    categorical = [c for c in task.schema_.names("category") if c != task.target]
+    numeric = [c for c in task.schema_.names("numeric") if c != task.target]
+    return TabularPreprocessor(task.features, categorical, numeric, seed=seed)
+
+
+def _build_columns(
+    settings: FeatureSettings, categorical: list[str], numeric: list[str], n_rows: int, seed: int
+) -> ColumnTransformer:
+    """One small pipeline per categorical column (each has its own encoder), one for all numerics."""
+    if not categorical and not numeric:
+        raise ModelyardError("no feature columns", "declare at least one column besides the target in the schema")
+    steps = []
+    for i, column in enumerate(categorical):
+        text = FunctionTransformer(_as_text, feature_names_out="one-to-one")
+        encoder = _make_encoder(settings, settings.encoder_for(column), column, seed)
+        steps.append((f"cat{i}", Pipeline([("text", text), ("encode", encoder)]), [column]))
+    if numeric:
+        steps.append(("num", Pipeline([("impute", _make_imputer(settings)), ("scale", _make_scaler(settings, n_rows, seed))]), numeric))
+    return ColumnTransformer(steps, remainder="drop", sparse_threshold=0.0)
+
+
+def _make_encoder(settings: FeatureSettings, name: str, column: str, seed: int) -> object:
+    """The library encoder for one column, with unknown and missing handling set explicitly."""
+    if name == "onehot":
+        return OneHotEncoder(drop=ONEHOT_DROP[settings.onehot_drop], handle_unknown="ignore", sparse_output=False)
+    if name == "hashing":
+        return ce.HashingEncoder(cols=[column], n_components=settings.hashing_components, max_process=1)
+    options: dict[str, object] = {"cols": [column], "handle_unknown": "value", "handle_missing": "value"}
+    if name == "basen":
+        return ce.BaseNEncoder(base=settings.basen_base, **options)
+    if name in SEEDED:
+        options["random_state"] = seed
+    return CE_ENCODERS[name](**options)
+
+
+def _make_imputer(settings: FeatureSettings) -> SimpleImputer:
+    fill = 0.0 if settings.numeric_impute == "zero" else None
+    # keep_empty_features: a column with no values in training still yields one (imputed) column.
+    return SimpleImputer(strategy=IMPUTE_STRATEGY[settings.numeric_impute], fill_value=fill, keep_empty_features=True)
+
+
+def _make_scaler(settings: FeatureSettings, n_rows: int, seed: int) -> object:
+    if settings.scaler == "standard":
+        return StandardScaler()
+    if settings.scaler == "minmax":
+        return MinMaxScaler()
+    if settings.scaler == "robust":
+        return RobustScaler()
+    if settings.scaler == "quantile":
+        return QuantileTransformer(output_distribution="normal", n_quantiles=max(1, min(1000, n_rows)), random_state=seed)
+    return "passthrough"
+
+
+def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Categorical values as text; a missing value becomes its own level, "__missing__"."""
+    return frame.astype(object).where(frame.notna(), MISSING).astype(str).astype(object)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence two warnings known to be noise here, and nothing else."""
+    with warnings.catch_warnings():
+        # category_encoders sets a pandas option that pandas 3 deprecates; nothing to act on.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="category_encoders")
+        # One-hot with `drop` warns on every unseen category that it encodes it as all zeros (documented above).
+        warnings.filterwarnings("ignore", message="Found unknown categories", category=UserWarning)
+        yield

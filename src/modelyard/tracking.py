@@ -1,0 +1,135 @@
+"""The only module that talks to MLflow runs: the store, experiments, runs, tags, logging.
+
+Runs are driven through `MlflowClient` with explicit run ids rather than MLflow's global
+"active run", so trials running side by side never log into each other's runs.
+Metrics are logged once per epoch in one batch call, never per batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from modelyard.paths import home_root
+
+TAG_TASK = "modelyard.task"
+TAG_FAMILY = "modelyard.family"
+TAG_STAGE = "modelyard.stage"
+TAG_STUDY = "modelyard.study"
+TAG_TRIAL_STATE = "modelyard.trial_state"
+PARENT_TAG = "mlflow.parentRunId"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+
+
+def tracking_uri(root: Path) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else the embedded store `sqlite:///<checkout>/mlflow.db`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_root(root) / 'mlflow.db'}"
+
+
+def connect(root: Path) -> MlflowClient:
+    """Point MLflow (tracking and registry) at the project's store and return a client."""
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(uri, uri)
+
+
+def experiment_id(client: MlflowClient, root: Path, task: str) -> str:
+    """The task's experiment (one per task), created on first use.
+
+    With the embedded store its artifacts go to `<checkout>/mlruns/<task>`; a tracking
+    server chooses its own artifact root.
+    """
+    found = client.get_experiment_by_name(task)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking_uri(root).startswith("sqlite:"):
+        location = (home_root(root) / "mlruns" / task).as_uri()
+    return client.create_experiment(task, artifact_location=location)
+
+
+def file_md5(path: Path) -> str:
+    """The MD5 DVC records for a file dependency."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def lineage_tags(root: Path, task: str, family: str, stage: str, inputs: Mapping[str, Path]) -> dict[str, str]:
+    """Tags that tie a run to its code and data: git commit, task, family, stage, and the
+    DVC hash (MD5) of each stage input, as `dvc.md5.<file name>`."""
+    tags = {TAG_TASK: task, TAG_FAMILY: family, TAG_STAGE: stage}
+    commit = git_commit(root)
+    if commit:
+        tags[GIT_COMMIT_TAG] = commit
+    for name, path in inputs.items():
+        tags[f"dvc.md5.{name}"] = file_md5(path)
+    return tags
+
+
+class Run:
+    """One MLflow run, addressed by id."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run: FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def start_run(
+    client: MlflowClient, experiment: str, name: str, tags: Mapping[str, str], parent: Run | None = None
+) -> Run:
+    """A new run (a child of `parent` when given) with its tags set."""
+    all_tags = dict(tags)
+    if parent is not None:
+        all_tags[PARENT_TAG] = parent.run_id
+    created = client.create_run(experiment, run_name=name, tags=all_tags)
+    return Run(client, created.info.run_id)
+
+
+def find_run(client: MlflowClient, experiment: str, tag: str, value: str) -> Run | None:
+    """The newest run of the experiment whose `tag` equals `value`, if any."""
+    found = client.search_runs(
+        [experiment], filter_string=f"tags.`{tag}` = '{value}'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return Run(client, found[0].info.run_id) if found else None
+
+
+def resume(run: Run) -> Run:
+    """Mark an existing run as running again (the parent run of a resumed study)."""
+    run.client.update_run(run.run_id, status="RUNNING")
+    return run
