@@ -46,6 +46,8 @@ def quiet_libraries() -> None:
     """Keep third-party chatter (migrations, deprecations, progress bars) off the console."""
     warnings.filterwarnings("ignore")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("alembic", "mlflow", "great_expectations", "optuna", "urllib3", "git"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -242,7 +242,7 @@ class TaskSettings(Frozen):
         if self.loss != "auto" and classification:
             raise ValueError("loss applies to regression tasks; classification uses cross-entropy")
         categorical = set(self.schema_.names("category")) - {self.target}
-        for column, encoder in self.features.encoders.items():
+        for column in self.features.encoders:
             if column not in categorical:
                 raise ValueError(
                     f"features.encoders.{column}: not a categorical feature column; "

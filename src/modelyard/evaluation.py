@@ -21,7 +21,9 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(LOWER_IS_BETTER)
 
 
-def compute_metrics(problem: Problem, y_true: np.ndarray, output: np.ndarray, prefix: str = "test_") -> dict[str, float]:
+def compute_metrics(
+    problem: Problem, y_true: np.ndarray, output: np.ndarray, prefix: str = "test_"
+) -> dict[str, float]:
     """Classification: accuracy, precision, recall, F1, ROC-AUC, log loss; regression: RMSE, MAE, R2.
 
     `y_true` holds class indices (classification) or values; `output` holds the model's
@@ -88,7 +90,11 @@ def plot_tables(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
         ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix (test)")
         fig.colorbar(image)
         figures["confusion_matrix"] = fig
-    for name, (x, y) in {"roc": ("fpr", "tpr"), "precision_recall": ("recall", "precision"), "predictions": ("actual", "predicted")}.items():
+    for name, (x, y) in {
+        "roc": ("fpr", "tpr"),
+        "precision_recall": ("recall", "precision"),
+        "predictions": ("actual", "predicted"),
+    }.items():
         if name in tables:
             fig = Figure(figsize=(5, 4))
             ax = fig.subplots()

@@ -14,7 +14,9 @@ def find_root(start: Path | None = None) -> Path:
     for folder in (here, *here.parents):
         if (folder / "params.yaml").is_file() and (folder / "dvc.yaml").is_file():
             return folder
-    raise ModelyardError(f"no modelyard repository (dvc.yaml + params.yaml) at or above {here}", "cd into the repository")
+    raise ModelyardError(
+        f"no modelyard repository (dvc.yaml + params.yaml) at or above {here}", "cd into the repository"
+    )
 
 
 def home_root(root: Path) -> Path:

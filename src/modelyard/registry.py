@@ -85,7 +85,11 @@ def register(
         verb = "beats" if better else "does not beat"
         reason = f"{metric} {challenger_value:.4f} {verb} champion v{current.version} {champion_value:.4f}"
     created = mlflow.register_model(model_uri, name, tags={"modelyard.run_id": run_id})
-    for key, value in {metric: f"{challenger_value:.6f}", "modelyard.decision": "promoted" if promote else "kept champion", "modelyard.reason": reason}.items():
+    for key, value in {
+        metric: f"{challenger_value:.6f}",
+        "modelyard.decision": "promoted" if promote else "kept champion",
+        "modelyard.reason": reason,
+    }.items():
         client.set_model_version_tag(name, created.version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, created.version)
     if promote:

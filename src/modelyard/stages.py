@@ -1,6 +1,9 @@
 """The pipeline's stages: each reads its declared inputs, calls the core, and writes its
 declared outputs atomically. `pipeline/<stage>.py` (run by DVC) and `modelyard <stage>`
 both call these functions.
+
+Heavy libraries (torch, MLflow, category_encoders) are imported inside the stages that
+use them, so light stages such as ingest and split start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -15,14 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modelyard import tracking
-from modelyard.bundle import ModelBundle, n_outputs, prediction_outputs
 from modelyard.config import Hyperparams, Settings, TaskSettings
 from modelyard.console import Progress, say
 from modelyard.data.sources import conform, frame_hash, read_source
-from modelyard.data.splitting import split_frame
 from modelyard.errors import ModelyardError
-from modelyard.evaluation import compute_metrics, curve_tables, plot_tables
 from modelyard.files import atomic_path, read_json, write_json
 from modelyard.paths import TaskPaths
 
@@ -48,13 +47,17 @@ class Context:
     def need(self, path: Path, stage: str) -> Path:
         """An input file, or an error that says which stage makes it."""
         if not path.exists():
-            raise ModelyardError(f"{path.relative_to(self.root)} does not exist", f"run the {stage} stage first: dvc repro")
+            raise ModelyardError(
+                f"{path.relative_to(self.root)} does not exist", f"run the {stage} stage first: dvc repro"
+            )
         return path
 
     def read_split(self, part: str) -> pd.DataFrame:
         return pd.read_parquet(self.need(self.paths.split_file(part), "split"))
 
     def tags(self, stage: str, inputs: dict[str, Path]) -> dict[str, str]:
+        from modelyard import tracking
+
         return tracking.lineage_tags(self.root, self.task_name, self.task.family, stage, inputs)
 
 
@@ -82,11 +85,15 @@ def validate(ctx: Context) -> None:
 
 def split(ctx: Context) -> None:
     """Seeded train / validation / test split of validated data."""
+    from modelyard.data.splitting import split_frame
+
     if not read_json(ctx.need(ctx.paths.validation_summary, "validate")).get("success"):
         raise ModelyardError(f"the data of task {ctx.task_name} failed validation", "see data/<task>/validation.json")
     frame = pd.read_parquet(ctx.need(ctx.paths.raw, "ingest"))
     task = ctx.task
-    parts = split_frame(frame, task.target, task.split, classification=task.problem != "regression", seed=ctx.settings.seed)
+    parts = split_frame(
+        frame, task.target, task.split, classification=task.problem != "regression", seed=ctx.settings.seed
+    )
     with atomic_path(ctx.paths.split_dir) as temporary:
         temporary.mkdir()
         for name, part in zip(SPLITS, parts, strict=True):
@@ -129,19 +136,25 @@ def _load_preprocessing(ctx: Context) -> dict[str, Any]:
 
 def tune(ctx: Context) -> None:
     """Run or resume the Optuna study; write the best hyperparameters."""
+    from modelyard import tracking
+    from modelyard.bundle import n_outputs
     from modelyard.tuning import Arrays, open_storage, run_study, study_fingerprint
 
     task = ctx.task
     arrays = _load_arrays(ctx)
     codec = _load_preprocessing(ctx)["codec"]
-    features = Arrays(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], n_outputs(task.problem, codec))
+    features = Arrays(
+        arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], n_outputs(task.problem, codec)
+    )
     client = tracking.connect(ctx.root)
     experiment = tracking.experiment_id(client, ctx.root, ctx.task_name)
     name = f"{ctx.task_name}-{study_fingerprint(tracking.file_md5(ctx.paths.features), task, ctx.settings.seed)}"
     progress = Progress(task.tune.n_trials, f"tune {ctx.task_name}")
 
     def on_trial_end(trial, total: int) -> None:
-        value = f"{task.monitor}={trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("fail_reason", "")
+        value = (
+            f"{task.monitor}={trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("fail_reason", "")
+        )
         progress.step(f"trial {trial.number} {trial.state.name.lower()} {value}")
 
     try:
@@ -176,7 +189,8 @@ def tune(ctx: Context) -> None:
 
 def train(ctx: Context) -> None:
     """Train the final model with the best hyperparameters; save the bundle and log it to MLflow."""
-    from modelyard import registry
+    from modelyard import registry, tracking
+    from modelyard.bundle import ModelBundle, n_outputs
     from modelyard.models import build_model
     from modelyard.training import FitOptions, fit
 
@@ -210,7 +224,12 @@ def train(ctx: Context) -> None:
     try:
         run.log_params({**hparams.model_dump(), **task.train.model_dump(), "seed": ctx.settings.seed})
         result = fit(
-            network, (arrays["x_train"], arrays["y_train"]), (arrays["x_val"], arrays["y_val"]), hparams, options, on_epoch_end
+            network,
+            (arrays["x_train"], arrays["y_train"]),
+            (arrays["x_val"], arrays["y_val"]),
+            hparams,
+            options,
+            on_epoch_end,
         )
         network.cpu()
         bundle = ModelBundle(
@@ -236,7 +255,9 @@ def train(ctx: Context) -> None:
         ctx.paths.train_summary,
         {"run_id": run.run_id, "model_uri": model_uri, "best_epoch": result.best_epoch, "val": result.best_metrics},
     )
-    say(f"train {ctx.task_name}: best epoch {result.best_epoch}, {task.monitor}={result.best_metrics[task.monitor]:.4f}")
+    say(
+        f"train {ctx.task_name}: best epoch {result.best_epoch}, {task.monitor}={result.best_metrics[task.monitor]:.4f}"
+    )
 
 
 def _true_targets(task: TaskSettings, codec, frame: pd.DataFrame) -> np.ndarray:
@@ -246,12 +267,19 @@ def _true_targets(task: TaskSettings, codec, frame: pd.DataFrame) -> np.ndarray:
 
 def score_predictions(task: TaskSettings, codec, frame: pd.DataFrame, predictions: pd.DataFrame) -> dict[str, float]:
     """Test metrics of a prediction frame against the frame's true targets."""
+    from modelyard.bundle import prediction_outputs
+    from modelyard.evaluation import compute_metrics
+
     outputs = prediction_outputs(predictions, task.problem, getattr(codec, "classes_", []))
     return compute_metrics(task.problem, _true_targets(task, codec, frame), outputs)
 
 
 def evaluate(ctx: Context) -> None:
     """Score the trained bundle on the held-out test split: metrics, plots, MLflow."""
+    from modelyard import tracking
+    from modelyard.bundle import ModelBundle, prediction_outputs
+    from modelyard.evaluation import curve_tables, plot_tables
+
     task = ctx.task
     bundle = ModelBundle.load(ctx.need(ctx.paths.model_dir, "train"))
     test = ctx.read_split("test")
@@ -278,16 +306,17 @@ def register(ctx: Context) -> None:
     """Register the trained model; promote it to champion only if it beats the current one."""
     import mlflow
 
-    from modelyard import registry
+    from modelyard import registry, tracking
 
     task = ctx.task
     summary = read_json(ctx.need(ctx.paths.train_summary, "train"))
     metrics = read_json(ctx.need(ctx.paths.metrics, "evaluate"))
     metric = task.promotion_metric
     if metric not in metrics:
+        known = ", ".join(m.removeprefix("test_") for m in metrics)
         raise ModelyardError(
             f"metric {metric} was not computed for task {ctx.task_name}",
-            f"set tasks.{ctx.task_name}.registry.metric to one of: {', '.join(m.removeprefix('test_') for m in metrics)}",
+            f"set tasks.{ctx.task_name}.registry.metric to one of: {known}",
         )
     test = ctx.read_split("test")
     codec = _load_preprocessing(ctx)["codec"]
@@ -305,7 +334,9 @@ def register(ctx: Context) -> None:
         return score_predictions(task, codec, test, predictions)[metric]
 
     client = tracking.connect(ctx.root)
-    decision = registry.register(client, ctx.task_name, summary["model_uri"], summary["run_id"], metric, metrics[metric], score)
+    decision = registry.register(
+        client, ctx.task_name, summary["model_uri"], summary["run_id"], metric, metrics[metric], score
+    )
     tracking.Run(client, summary["run_id"]).set_tags(
         {"modelyard.registered_version": decision["version"], "modelyard.decision": decision["reason"]}
     )

@@ -156,7 +156,9 @@ def fit(
             loss_sum += loss.detach().float() * len(index)
         metrics = {"train_loss": loss_sum.item() / stop}
         if not math.isfinite(metrics["train_loss"]):
-            raise TrainingDiverged(f"training loss became {metrics['train_loss']} at epoch {epoch}; lower the learning rate")
+            raise TrainingDiverged(
+                f"training loss became {metrics['train_loss']} at epoch {epoch}; lower the learning rate"
+            )
         metrics.update(validation_metrics(model, x_val, y_val, criterion, options))
         history.append(metrics)
         value = metrics[options.monitor] if minimize else -metrics[options.monitor]
@@ -198,7 +200,11 @@ def validation_metrics(
     if options.problem == "regression":
         loss, abs_total, sq_total = torch.stack([loss_sum, abs_sum, sq_sum]).tolist()
         scale = options.target_scale
-        return {"val_loss": loss / n_rows, "val_rmse": math.sqrt(sq_total / n_rows) * scale, "val_mae": abs_total / n_rows * scale}
+        return {
+            "val_loss": loss / n_rows,
+            "val_rmse": math.sqrt(sq_total / n_rows) * scale,
+            "val_mae": abs_total / n_rows * scale,
+        }
     loss, hit_total = torch.stack([loss_sum, hits]).tolist()
     return {"val_loss": loss / n_rows, "val_accuracy": hit_total / n_rows}
 

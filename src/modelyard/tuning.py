@@ -134,6 +134,7 @@ def run_study(
     """Run (or continue) the study until `tune.n_trials` trials have finished."""
     settings: TuneSettings = task.tune
     direction = "minimize" if lower_is_better(task.monitor) else "maximize"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
@@ -176,7 +177,9 @@ def run_study(
         state, reason = TrialState.FAIL, ""
         try:
             model = build_model(task.family, arrays.x_train.shape[1], arrays.n_outputs, hparams)
-            result = fit(model, (arrays.x_train, arrays.y_train), (arrays.x_val, arrays.y_val), hparams, options, on_epoch_end)
+            result = fit(
+                model, (arrays.x_train, arrays.y_train), (arrays.x_val, arrays.y_val), hparams, options, on_epoch_end
+            )
             value = result.best_metrics[task.monitor]
             if not math.isfinite(value):
                 raise TrainingDiverged(f"{task.monitor} is {value}")
@@ -191,7 +194,9 @@ def run_study(
             trial.set_user_attr("fail_reason", reason)
             raise
         finally:
-            run.set_tags({tracking.TAG_TRIAL_STATE: state.name, **({"modelyard.fail_reason": reason[:500]} if reason else {})})
+            run.set_tags(
+                {tracking.TAG_TRIAL_STATE: state.name, **({"modelyard.fail_reason": reason[:500]} if reason else {})}
+            )
             run.finish(RUN_STATUS[state])
 
     def count(states: tuple[TrialState, ...]) -> int:
@@ -199,13 +204,19 @@ def run_study(
 
     remaining = settings.n_trials - count(FINISHED)
     callbacks = [lambda s, t: on_trial_end(t, settings.n_trials)] if on_trial_end else []
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         if remaining > 0:
             study.optimize(objective, n_trials=remaining, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
     finally:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        parent.log_metrics({"n_trials_requested": settings.n_trials, "n_complete": len(complete), "n_pruned": count((TrialState.PRUNED,)), "n_failed": count((TrialState.FAIL,))})
+        parent.log_metrics(
+            {
+                "n_trials_requested": settings.n_trials,
+                "n_complete": len(complete),
+                "n_pruned": count((TrialState.PRUNED,)),
+                "n_failed": count((TrialState.FAIL,)),
+            }
+        )
         if complete:
             parent.log_metrics({f"best_{task.monitor}": study.best_value})
             parent.set_tags({"modelyard.best_params": json.dumps(study.best_params, sort_keys=True)})

@@ -35,12 +35,11 @@ ADULT_COLUMNS = [
 
 def read_source(source: SourceSettings, root: Path) -> pd.DataFrame:
     """Load the raw frame a task's source names; a relative path is taken from `root`."""
-    if source.builtin == "adult":
-        frame = _read_adult()
-    else:
-        frame = read_table(root / str(source.path), source.na_values)
+    frame = _read_adult() if source.builtin == "adult" else read_table(root / str(source.path), source.na_values)
     if frame.empty or frame.shape[1] == 0:
-        raise ModelyardError(f"source {source.path or source.builtin} holds no rows", "point the task at a file with data")
+        raise ModelyardError(
+            f"source {source.path or source.builtin} holds no rows", "point the task at a file with data"
+        )
     return frame
 
 
@@ -67,10 +66,14 @@ def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise ModelyardError(f"{path} is empty", "point the task at a file with a header row and data") from None
     except (pd.errors.ParserError, OSError, ValueError) as exc:
-        raise ModelyardError(f"cannot read {path}: {exc}", "check that the file is a valid CSV or Parquet file") from None
+        raise ModelyardError(
+            f"cannot read {path}: {exc}", "check that the file is a valid CSV or Parquet file"
+        ) from None
     duplicated = [str(c) for c in frame.columns if str(c).rsplit(".", 1)[0] in frame.columns and "." in str(c)]
     if path.suffix.lower() == ".csv" and duplicated:
-        raise ModelyardError(f"{path} has duplicated column names ({', '.join(duplicated)})", "give each column a unique name")
+        raise ModelyardError(
+            f"{path} has duplicated column names ({', '.join(duplicated)})", "give each column a unique name"
+        )
     return frame
 
 

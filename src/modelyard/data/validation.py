@@ -3,7 +3,7 @@
 `build_expectations` turns `tasks.<task>.schema` into GX expectations; `validate_frame` runs them
 on an in-memory frame (an ephemeral GX context, nothing written unless `docs_dir` is given) and
 returns a `ValidationReport` a person can read. Great Expectations is imported inside the
-functions: its import costs about 2 s and nothing here may run at import time.
+functions: its import takes seconds, and importing this module must stay cheap and side-effect free.
 
 Column types, as checked:
 - `integer` and `number` both mean a numeric dtype (any int, uint or float width, or pandas'
@@ -126,7 +126,12 @@ def validate_frame(frame: pd.DataFrame, task: TaskSettings, docs_dir: Path | Non
     """
     import great_expectations as gx
 
-    expectations = [e for e in build_expectations(task) if _column_of(e) in (None, *frame.columns) or _is_exist(e)]
+    present = {None, *frame.columns}
+    expectations = [
+        e
+        for e in build_expectations(task)
+        if isinstance(e, gx.expectations.ExpectColumnToExist) or getattr(e, "column", None) in present
+    ]
     run_id = uuid.uuid4().hex[:12]
     staging_dir = None
     if docs_dir is not None:
@@ -166,14 +171,6 @@ def validate_frame(frame: pd.DataFrame, task: TaskSettings, docs_dir: Path | Non
             shutil.rmtree(staging_dir, ignore_errors=True)
     failures = _failures(result.results, frame, task)
     return ValidationReport(success=not failures, n_expectations=len(result.results), failures=failures)
-
-
-def _column_of(expectation: Any) -> str | None:
-    return getattr(expectation, "column", None)
-
-
-def _is_exist(expectation: Any) -> bool:
-    return type(expectation).__name__ == "ExpectColumnToExist"
 
 
 @contextmanager
@@ -249,11 +246,8 @@ def _failure(result: Any, frame: pd.DataFrame, task: TaskSettings) -> dict:
     kwargs = config.kwargs
     column = kwargs.get("column")
     info = result.result or {}
-    examples = [_json_safe(c["value"]) for c in info.get("partial_unexpected_counts", [])] or [
-        _json_safe(v) for v in info.get("partial_unexpected_list", [])
-    ]
-    examples = list(dict.fromkeys(json.dumps(v) for v in examples))
-    examples = [json.loads(v) for v in examples][:N_EXAMPLES]
+    # Distinct offending values, most frequent first.
+    examples = [_json_safe(c["value"]) for c in info.get("partial_unexpected_counts", [])][:N_EXAMPLES]
     count = info.get("unexpected_count")
     share = f"{count} value(s) ({info.get('unexpected_percent', 0.0):.3g}%)"
     error = _exception_message(result)

@@ -116,7 +116,7 @@ class TabularPreprocessor(BaseEstimator, TransformerMixin):
 
     def _feature_names(self, columns: ColumnTransformer) -> list[str]:
         names: list[str] = []
-        fitted = dict((name, step) for name, step, _ in columns.transformers_)
+        fitted = {name: step for name, step, _ in columns.transformers_}
         for i, column in enumerate(self.categorical):
             for out in fitted[f"cat{i}"].get_feature_names_out([column]):
                 out = str(out)
@@ -143,7 +143,8 @@ def _build_columns(
         encoder = _make_encoder(settings, settings.encoder_for(column), column, seed)
         steps.append((f"cat{i}", Pipeline([("text", text), ("encode", encoder)]), [column]))
     if numeric:
-        steps.append(("num", Pipeline([("impute", _make_imputer(settings)), ("scale", _make_scaler(settings, n_rows, seed))]), numeric))
+        scale = _make_scaler(settings, n_rows, seed)
+        steps.append(("num", Pipeline([("impute", _make_imputer(settings)), ("scale", scale)]), numeric))
     return ColumnTransformer(steps, remainder="drop", sparse_threshold=0.0)
 
 
@@ -175,7 +176,9 @@ def _make_scaler(settings: FeatureSettings, n_rows: int, seed: int) -> object:
     if settings.scaler == "robust":
         return RobustScaler()
     if settings.scaler == "quantile":
-        return QuantileTransformer(output_distribution="normal", n_quantiles=max(1, min(1000, n_rows)), random_state=seed)
+        return QuantileTransformer(
+            output_distribution="normal", n_quantiles=max(1, min(1000, n_rows)), random_state=seed
+        )
     return "passthrough"
 
 

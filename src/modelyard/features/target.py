@@ -33,7 +33,10 @@ class TargetCodec:
             std = float(np.nanstd(values))
             self.scale_ = std if std > 0 else 1.0
             return self
-        classes = [str(c) for c in self.classes] if self.classes is not None else sorted(y.dropna().astype(str).unique())
+        if self.classes is not None:
+            classes = [str(c) for c in self.classes]
+        else:
+            classes = sorted(y.dropna().astype(str).unique())
         if self.positive_label is not None:
             if self.positive_label not in classes:
                 raise ModelyardError(

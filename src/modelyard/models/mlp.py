@@ -49,7 +49,7 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, n_outputs))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x):  # noqa: D102
+    def forward(self, x):
         return self.net(x)
 
 
