@@ -4,8 +4,10 @@
 class ModelyardError(Exception):
     """A problem with the user's input or environment, reported as a short message.
 
-    `hint` says how to fix it; the CLI prints both and exits non-zero.
+    `hint` says how to fix it; the CLI prints both and exits with `exit_code`.
     """
+
+    exit_code = 2
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)

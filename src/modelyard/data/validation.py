@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -31,6 +29,7 @@ import pandas as pd
 
 from modelyard.config import TaskSettings
 from modelyard.errors import ModelyardError
+from modelyard.files import atomic_path
 
 N_EXAMPLES = 5
 # Names GX's pandas type check resolves (numpy dtypes, pandas nullable dtypes, python types).
@@ -79,7 +78,9 @@ class ValidationReport:
 
 
 class ValidationFailed(ModelyardError):
-    """Raised by callers when a task's data does not match its declared schema."""
+    """Raised by callers when a task's data does not match its declared schema (exit code 3)."""
+
+    exit_code = 3
 
     def __init__(self, report: ValidationReport, task_name: str) -> None:
         super().__init__(
@@ -133,42 +134,30 @@ def validate_frame(frame: pd.DataFrame, task: TaskSettings, docs_dir: Path | Non
         if isinstance(e, gx.expectations.ExpectColumnToExist) or getattr(e, "column", None) in present
     ]
     run_id = uuid.uuid4().hex[:12]
-    staging_dir = None
-    if docs_dir is not None:
-        docs_dir = Path(docs_dir)
-        docs_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging_dir = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}-", dir=docs_dir.parent))
-    try:
-        with _quiet_gx():
-            context = gx.get_context(mode="ephemeral", project_config=_context_config(staging_dir))
-            batch = (
-                context.data_sources.add_pandas(f"frame-{run_id}")
-                .add_dataframe_asset(f"frame-{run_id}")
-                .add_batch_definition_whole_dataframe(f"whole-{run_id}")
-            )
-            suite = context.suites.add(gx.ExpectationSuite(name=f"schema-{run_id}", expectations=expectations))
-            definition = context.validation_definitions.add(
-                gx.ValidationDefinition(name=f"validate-{run_id}", data=batch, suite=suite)
-            )
-            if staging_dir is None:
-                result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
-            else:
-                checkpoint = context.checkpoints.add(
-                    gx.Checkpoint(
-                        name=f"checkpoint-{run_id}",
-                        validation_definitions=[definition],
-                        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-                        result_format={"result_format": "SUMMARY"},
-                    )
+    with _docs_staging(docs_dir) as staging_dir, _quiet_gx():
+        context = gx.get_context(mode="ephemeral", project_config=_context_config(staging_dir))
+        batch = (
+            context.data_sources.add_pandas(f"frame-{run_id}")
+            .add_dataframe_asset(f"frame-{run_id}")
+            .add_batch_definition_whole_dataframe(f"whole-{run_id}")
+        )
+        suite = context.suites.add(gx.ExpectationSuite(name=f"schema-{run_id}", expectations=expectations))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate-{run_id}", data=batch, suite=suite)
+        )
+        if staging_dir is None:
+            result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+        else:
+            checkpoint = context.checkpoints.add(
+                gx.Checkpoint(
+                    name=f"checkpoint-{run_id}",
+                    validation_definitions=[definition],
+                    actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                    result_format={"result_format": "SUMMARY"},
                 )
-                outcome = checkpoint.run(batch_parameters={"dataframe": frame})
-                result = next(iter(outcome.run_results.values()))
-        if staging_dir is not None:
-            _replace_dir(staging_dir, docs_dir)
-            staging_dir = None
-    finally:
-        if staging_dir is not None:
-            shutil.rmtree(staging_dir, ignore_errors=True)
+            )
+            outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+            result = next(iter(outcome.run_results.values()))
     failures = _failures(result.results, frame, task)
     return ValidationReport(success=not failures, n_expectations=len(result.results), failures=failures)
 
@@ -209,15 +198,15 @@ def _context_config(docs_dir: Path | None) -> Any:
     )
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put `new` in place of `target`, removing an old `target`; each step is a rename."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}-old-{uuid.uuid4().hex[:8]}")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+@contextmanager
+def _docs_staging(docs_dir: Path | None) -> Iterator[Path | None]:
+    """Where GX writes the Data Docs site: a temporary sibling moved into place on success."""
+    if docs_dir is None:
+        yield None
+        return
+    with atomic_path(Path(docs_dir)) as staging:
+        staging.mkdir()
+        yield staging
 
 
 def _failures(results: list, frame: pd.DataFrame, task: TaskSettings) -> list[dict]:

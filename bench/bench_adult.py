@@ -1,0 +1,176 @@
+"""Benchmark modelyard against the hand-written peer (../shared/bench/naive_adult.py) on Adult.
+
+Both run here, one after the other (peer first), with the same trial and epoch budget and
+the same seeded split. The timed part is the tuning only: the peer's `study.optimize` and
+modelyard's `tune` stage. Then modelyard trains its final model and scores it on the test rows.
+
+    python bench/bench_adult.py --trials 12 --epochs 12
+    python bench/bench_adult.py --no-peer --set tasks.adult.metric=loss --json bench/results/loss.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PEER = Path(__file__).resolve().parents[2] / "shared" / "bench" / "naive_adult.py"
+PEER_LINE = re.compile(r"best_val_acc=(\S+) test_acc=(\S+) wall_s=(\S+) s_per_trial=(\S+)")
+TASK = "adult"
+
+
+def load() -> str:
+    """The 1, 5 and 15-minute load averages, as `uptime` shows them."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def apply_overrides(params: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set `a.b.c=VALUE` items (VALUE read as YAML) in a nested params mapping."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. tasks.adult.metric=loss")
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return params
+
+
+def run_peer(trials: int, epochs: int, workdir: Path) -> dict[str, float]:
+    """The peer script in a subprocess; its printed figures."""
+    if not PEER.is_file():
+        raise SystemExit(f"peer script not found at {PEER}; expected ../shared/bench/ beside the checkout")
+    command = [sys.executable, str(PEER), "--trials", str(trials), "--epochs", str(epochs)]
+    command += ["--tracking-uri", f"sqlite:///{workdir / 'naive.db'}"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    found = PEER_LINE.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"peer failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    best_val, test, wall, per_trial = (float(x) for x in found.groups())
+    return {"best_val_acc": best_val, "test_acc": test, "tune_wall_s": wall, "s_per_trial": per_trial}
+
+
+def best_val_accuracy(ctx: Any, best: dict[str, Any]) -> float:
+    """Validation accuracy of the best trial at its best epoch (also when tuning monitors val_loss)."""
+    if "val_accuracy" in best:
+        return float(best["val_accuracy"])
+    import optuna
+
+    from modelyard import tracking
+    from modelyard.tuning import open_storage
+
+    study = optuna.load_study(study_name=best["study"], storage=open_storage(None, ctx.paths.study_journal))
+    client = tracking.connect(ctx.root)
+    run_id = study.trials[best["best_trial"]].user_attrs["mlflow_run_id"]
+    best_epoch = int(client.get_run(run_id).data.metrics["best_epoch"])
+    history = client.get_metric_history(run_id, "val_accuracy")
+    return next(m.value for m in history if m.step == best_epoch)
+
+
+def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None) -> dict[str, Any]:
+    """All stages up to evaluate in a throwaway project; only `tune` (and train + evaluate) are timed."""
+    import torch
+
+    from modelyard import stages, tracking
+    from modelyard.config import parse_settings
+    from modelyard.files import read_json
+
+    root = workdir / "project"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'modelyard.db'}"
+    if threads:
+        torch.set_num_threads(threads)
+    ctx = stages.Context(root, parse_settings(params), TASK)
+    for stage in (stages.ingest, stages.validate, stages.split, stages.featurize):
+        stage(ctx)
+    # Untimed, like the peer's set_experiment: create the MLflow store and import the tuning code.
+    tracking.experiment_id(tracking.connect(root), root, TASK)
+    import modelyard.tuning  # noqa: F401
+
+    start = time.perf_counter()
+    stages.tune(ctx)
+    tune_wall = time.perf_counter() - start
+    start = time.perf_counter()
+    stages.train(ctx)
+    stages.evaluate(ctx)
+    train_wall = time.perf_counter() - start
+    best = read_json(ctx.paths.best_params)
+    n_trials = ctx.task.tune.n_trials
+    return {
+        "best_val_acc": best_val_accuracy(ctx, best),
+        "test_acc": read_json(ctx.paths.metrics)["test_accuracy"],
+        "tune_wall_s": tune_wall,
+        "s_per_trial": tune_wall / n_trials,
+        "train_eval_wall_s": train_wall,
+        "final_best_epoch": read_json(ctx.paths.train_summary)["best_epoch"],
+        "trials": best["trials"],
+        "best_hparams": best["hparams"],
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    print(f"{'':10} {'best_val_acc':>12} {'test_acc':>9} {'tune_wall_s':>12} {'s/trial':>8}")
+    for name, r in results.items():
+        print(f"{name:10} {r['best_val_acc']:12.4f} {r['test_acc']:9.4f} {r['tune_wall_s']:12.1f} {r['s_per_trial']:8.2f}")
+    ours = results["modelyard"]
+    print(f"modelyard train+evaluate wall: {ours['train_eval_wall_s']:.1f} s (final best epoch {ours['final_best_epoch']})")
+    print(f"modelyard trials: {ours['trials']}, torch threads: {ours['torch_threads']}")
+    if "peer" in results:
+        peer = results["peer"]
+        print(f"speed ratio peer_wall / modelyard_wall: {peer['tune_wall_s'] / ours['tune_wall_s']:.2f}x")
+        print(f"best_val_acc diff (modelyard - peer): {ours['best_val_acc'] - peer['best_val_acc']:+.4f}")
+        print(f"test_acc diff (modelyard - peer): {ours['test_acc'] - peer['test_acc']:+.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=12, help="trials for both (default 12)")
+    parser.add_argument("--epochs", type=int, default=12, help="epochs per trial for both (default 12)")
+    parser.add_argument("--seed", type=int, default=0, help="modelyard's seed; the peer always uses 0")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params.yaml key for modelyard, e.g. tasks.adult.metric=loss (repeatable)")  # fmt: skip
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads for modelyard (default: torch's own)")
+    parser.add_argument("--no-peer", action="store_true", help="run modelyard only")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["seed"] = args.seed
+    budget = [f"tasks.{TASK}.tune.n_trials={args.trials}", f"tasks.{TASK}.tune.max_epochs={args.epochs}"]
+    params = apply_overrides(params, [*budget, *args.overrides])
+    results: dict[str, dict[str, Any]] = {}
+    loads: dict[str, str] = {"start": load()}
+    with tempfile.TemporaryDirectory(prefix="bench_adult_") as tmp:
+        if not args.no_peer:
+            results["peer"] = run_peer(args.trials, args.epochs, Path(tmp))
+            loads["after_peer"] = load()
+        results["modelyard"] = run_modelyard(params, Path(tmp), args.threads)
+        loads["after_modelyard"] = load()
+    print(f"trials={args.trials} epochs={args.epochs} seed={args.seed} overrides={args.overrides or 'none'}")
+    print_table(results)
+    print("load average (1/5/15 min): " + ", ".join(f"{k} {v}" for k, v in loads.items()))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        figures = {"args": {k: str(v) for k, v in vars(args).items()}, "load": loads, **results}
+        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

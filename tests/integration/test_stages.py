@@ -1,0 +1,235 @@
+"""Every stage's real code on the toy task in a temporary project: real Great
+Expectations, a real Optuna journal storage, a real MLflow store and registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from modelyard.cli import main
+from modelyard.config import load_settings
+from modelyard.errors import ModelyardError
+from modelyard.stages import STAGES, Context
+from modelyard.tracking import file_md5
+from tests.conftest import toy_frame, toy_params
+
+UPSTREAM = ("ingest", "validate", "split", "featurize")
+
+
+def run(root: Path, *stages: str) -> Context:
+    ctx = Context(root, load_settings(root / "params.yaml"), "toy")
+    for name in stages:
+        STAGES[name](ctx)
+    return ctx
+
+
+def runs_of(client: MlflowClient, experiment: str) -> list:
+    return client.search_runs([experiment], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """The whole pipeline once on the toy task; tests below read what it left."""
+    from tests.conftest import REPO
+
+    root = tmp_path_factory.mktemp("trained") / "project"
+    (root / "data" / "sources").mkdir(parents=True)
+    (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(toy_params()))
+    toy_frame().to_csv(root / "data" / "sources" / "toy.csv", index=False)
+    with pytest.MonkeyPatch.context() as patch:
+        uri = f"sqlite:///{root.parent / 'mlflow.db'}"
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        ctx = run(root, *STAGES)
+        client = MlflowClient(uri, uri)
+        yield ctx, client
+
+
+def test_data_stages_write_their_outputs(trained) -> None:
+    ctx, _ = trained
+    paths = ctx.paths
+    assert pd.read_parquet(paths.raw).shape == (400, 5)
+    assert json.loads(paths.ingest_summary.read_text())["rows"] == 400
+    assert json.loads(paths.validation_summary.read_text())["success"] is True
+    assert (paths.data_docs / "index.html").is_file()
+    sizes = [len(pd.read_parquet(paths.split_file(p))) for p in ("train", "val", "test")]
+    assert sum(sizes) == 400 and sizes[2] == 80
+    with np.load(paths.features) as arrays:
+        assert arrays["x_train"].shape[0] == sizes[0]
+        assert arrays["x_test"].dtype == np.float32
+        assert np.isfinite(arrays["x_train"]).all()
+
+
+def test_study_is_a_parent_run_with_one_child_per_trial(trained) -> None:
+    ctx, client = trained
+    experiment = client.get_experiment_by_name("toy")
+    assert experiment.artifact_location  # explicit, never the working directory
+    runs = runs_of(client, experiment.experiment_id)
+    parents = [r for r in runs if "modelyard.study" in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3
+    for child in children:
+        assert {"lr", "batch_size", "units", "dropout"} <= set(child.data.params)
+        assert child.data.tags["modelyard.trial_state"] in {"COMPLETE", "PRUNED"}
+        assert child.info.status in {"FINISHED", "KILLED"}
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(len(history))) and history
+        assert {"train_loss", "val_loss", "val_accuracy"} <= set(child.data.metrics)
+    assert parent.data.tags["modelyard.task"] == "toy"
+    assert parent.data.tags["modelyard.family"] == "ann"
+    assert parent.data.tags["dvc.md5.features.npz"] == file_md5(ctx.paths.features)
+    best = json.loads(ctx.paths.best_params.read_text())
+    assert best["study"] == parent.data.tags["modelyard.study"]
+    assert best["trials"]["complete"] + best["trials"]["pruned"] == 3
+
+
+def test_final_model_run_has_model_metrics_and_plots(trained) -> None:
+    ctx, client = trained
+    summary = json.loads(ctx.paths.train_summary.read_text())
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["modelyard.stage"] == "train"
+    metrics = json.loads(ctx.paths.metrics.read_text())
+    assert set(metrics) >= {"test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "test_log_loss"}
+    assert metrics["test_accuracy"] > 0.75  # the toy label is learnable
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(metrics["test_roc_auc"])
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) >= 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/roc_curve.png"} <= artifacts
+    for name in ("confusion", "roc", "precision_recall"):
+        assert (ctx.paths.plots_dir / f"{name}.csv").is_file()
+
+
+def test_champion_predicts_on_raw_rows(trained) -> None:
+    ctx, client = trained
+    decision = json.loads(ctx.paths.registry_decision.read_text())
+    assert decision["promoted"] is True and decision["version"] == 1
+    assert str(client.get_model_version_by_alias("toy", "champion").version) == "1"
+    model = mlflow.pyfunc.load_model("models:/toy@champion")
+    raw = pd.DataFrame(
+        {"color": ["red", "purple", None], "size": ["S", "XXL", "M"], "x1": [3.0, -3.0, np.nan], "x2": [1, 50, 99]}
+    )
+    predictions = model.predict(raw)
+    assert list(predictions.columns) == ["probability", "label"]
+    assert predictions["probability"].between(0, 1).all()
+    assert set(predictions["label"]) <= {"yes", "no"}
+    assert predictions["label"].iloc[0] == "yes" and predictions["label"].iloc[1] == "no"
+
+
+def test_champion_moves_only_when_beaten(trained) -> None:
+    """Runs last in this module: it adds versions to the registry."""
+    ctx, client = trained
+    metrics_path = ctx.paths.metrics
+    honest = json.loads(metrics_path.read_text())
+    assert honest["test_roc_auc"] < 1.0
+    metrics_path.write_text(json.dumps({**honest, "test_roc_auc": 0.0}))
+    STAGES["register"](ctx)
+    worse = json.loads(ctx.paths.registry_decision.read_text())
+    assert worse["promoted"] is False and worse["version"] == 2
+    assert str(client.get_model_version_by_alias("toy", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("toy", "challenger").version) == "2"
+    metrics_path.write_text(json.dumps({**honest, "test_roc_auc": 1.0}))
+    STAGES["register"](ctx)
+    assert str(client.get_model_version_by_alias("toy", "champion").version) == "3"
+    assert client.get_model_version("toy", "3").tags["modelyard.decision"] == "promoted"
+
+
+def test_corrupt_champion_leaves_alias_alone(project: Path) -> None:
+    ctx = run(project, *UPSTREAM, "tune", "train", "evaluate", "register")
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("toy", "champion")
+    artifact_root = Path(client.get_experiment_by_name("toy").artifact_location.removeprefix("file://"))
+    weights = list(artifact_root.rglob("network.pt"))
+    assert weights
+    for path in weights:  # damage the champion's stored weights where MLflow keeps them
+        path.write_bytes(b"not a torch file")
+    with pytest.raises(ModelyardError, match="champion alias was left unchanged"):
+        STAGES["register"](ctx)
+    assert client.get_model_version_by_alias("toy", "champion").version == champion.version
+    assert len(client.search_model_versions("name = 'toy'")) == 1
+
+
+def test_tune_resumes_and_fails_stale_trials(project: Path) -> None:
+    params = toy_params()
+    params["tasks"]["toy"]["tune"]["n_trials"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    ctx = run(project, *UPSTREAM, "tune")
+    study_name = json.loads(ctx.paths.best_params.read_text())["study"]
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(ctx.paths.study_journal)))
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    zombie = study.ask()  # a trial left RUNNING, as by a process killed mid-trial
+    params["tasks"]["toy"]["tune"]["n_trials"] = 4
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    run(project, "tune")
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    states = [t.state for t in trials]
+    assert states[zombie.number] == optuna.trial.TrialState.FAIL
+    finished = [s for s in states if s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 4
+    assert json.loads(ctx.paths.best_params.read_text())["study"] == study_name
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("toy").experiment_id
+    parents = [r for r in runs_of(client, experiment) if r.data.tags.get("modelyard.study") == study_name]
+    assert len(parents) == 1
+    children = [r for r in runs_of(client, experiment) if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 4
+    assert all(r.info.status != "RUNNING" for r in runs_of(client, experiment))
+
+
+def test_failed_validation_stops_the_pipeline(project: Path, capsys: pytest.CaptureFixture) -> None:
+    frame = toy_frame()
+    frame["x1"] = frame["x1"].astype(object)
+    frame.loc[5, "x1"] = "abc"
+    frame.loc[6, "color"] = "purple"
+    frame.to_csv(project / "data" / "sources" / "toy.csv", index=False)
+    params = ["--params", str(project / "params.yaml")]
+    assert main(["ingest", *params]) == 0
+    assert main(["validate", *params]) == 3
+    err = capsys.readouterr().err
+    assert "x1" in err and "purple" in err and "Traceback" not in err
+    summary = json.loads((project / "data" / "toy" / "validation.json").read_text())
+    assert summary["success"] is False
+    assert main(["split", *params]) == 2
+    assert not (project / "data" / "toy" / "split").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"source": {"path": "data/sources/absent.csv"}}, "absent.csv"),
+        ({"features": {"default_encoder": "nonesuch"}}, "default_encoder"),
+        ({"features": {"scaler": "zscore"}}, "scaler"),
+        ({"tune": {"search_space": {"lr": {"low": 0.1, "high": 0.01}}}}, "greater than high"),
+        ({"train": {"max_epoch": 3}}, "tasks.toy.train.max_epoch: unknown key; allowed: max_epochs"),
+    ],
+)
+def test_bad_input_is_one_clear_error(project: Path, capsys: pytest.CaptureFixture, change: dict, expected: str) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(toy_params(**change)))
+    assert main(["ingest", "--params", str(project / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and "fix:" in err
+    assert not (project / "data" / "toy" / "raw.parquet").exists()
+
+
+def test_missing_target_column_fails_validation(project: Path, capsys: pytest.CaptureFixture) -> None:
+    toy_frame().drop(columns=["label"]).to_csv(project / "data" / "sources" / "toy.csv", index=False)
+    params = ["--params", str(project / "params.yaml")]
+    assert main(["ingest", *params]) == 0
+    assert main(["validate", *params]) == 3
+    assert "label" in capsys.readouterr().err
+
+
+def test_empty_source_file(project: Path, capsys: pytest.CaptureFixture) -> None:
+    (project / "data" / "sources" / "toy.csv").write_text("")
+    assert main(["ingest", "--params", str(project / "params.yaml")]) == 2
+    assert "empty" in capsys.readouterr().err
