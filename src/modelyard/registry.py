@@ -39,10 +39,7 @@ class BundleModel(mlflow.pyfunc.PythonModel):
 def log_bundle(run_id: str, bundle_dir: Path, bundle: ModelBundle, sample: pd.DataFrame) -> str:
     """Log the bundle as the run's pyfunc model, with signature and input example; returns its URI."""
     example = sample[bundle.input_columns].head(5)
-    # Numeric inputs are declared as doubles: an integer column with a missing value
-    # arrives as float, and MLflow would reject it against an integer signature.
-    numeric = example.select_dtypes("number").columns
-    signature = infer_signature(example.astype(dict.fromkeys(numeric, "float64")), bundle.predict(example))
+    signature = infer_signature(example, bundle.predict(example))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",

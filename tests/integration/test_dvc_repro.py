@@ -1,0 +1,101 @@
+"""One tiny end-to-end `dvc repro` of the real repo (built-in Adult data, shrunk params)
+in a temporary git + DVC checkout, as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from modelyard.data.sources import read_source
+from modelyard.config import SourceSettings
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def shell(cwd: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{output[-4000:]}"
+    return output
+
+
+def shrunk_params() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    adult = params["tasks"]["adult"]
+    adult["tune"].update(n_trials=2, max_epochs=2)
+    adult["train"].update(max_epochs=2, patience=1)
+    return params
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    root.mkdir()
+    for name in ("dvc.yaml", "pyproject.toml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    for folder in ("pipeline", "src", "data/sources"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "params.yaml").write_text(yaml.safe_dump(shrunk_params(), sort_keys=False))
+    shell(root, "git", "init", "-q")
+    shell(root, str(BIN / "dvc"), "init", "-q")
+    shell(root, "git", "add", "-A")
+    shell(root, "git", "commit", "-qm", "init")
+    shell(root, str(BIN / "dvc"), "repro")
+    return root
+
+
+def test_repro_tracks_study_and_registers_a_champion(checkout: Path) -> None:
+    uri = f"sqlite:///{checkout / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name("adult")
+    assert experiment.artifact_location == (checkout / "mlruns" / "adult").as_uri()
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "modelyard.study" in r.data.tags]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 2
+    train_runs = [r for r in runs if r.data.tags.get("modelyard.stage") == "train"]
+    assert train_runs and train_runs[0].data.tags.get("mlflow.source.git.commit")
+    assert "test_accuracy" in train_runs[0].data.metrics
+
+    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/adult@champion")
+    raw = read_source(SourceSettings(builtin="adult"), checkout).drop(columns=["income"]).head(20)
+    predictions = model.predict(raw)
+    assert len(predictions) == 20
+    assert predictions["probability"].between(0, 1).all()
+    assert set(predictions["label"]) <= {"<=50K", ">50K"}
+    assert isinstance(predictions, pd.DataFrame)
+
+
+def test_second_repro_does_nothing(checkout: Path) -> None:
+    output = shell(checkout, str(BIN / "dvc"), "repro")
+    assert "Running stage" not in output
+    assert "up to date" in output
+
+
+def test_training_param_reruns_only_train_evaluate_register(checkout: Path) -> None:
+    output = shell(checkout, str(BIN / "dvc"), "exp", "run", "-S", "tasks.adult.train.max_epochs=3")
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train@adult", "evaluate@adult", "register@adult"}
