@@ -179,10 +179,19 @@ class TuneSettings(Frozen):
             kind = hparam_kind(name)
             if dist.choices is None and kind not in (int, float):
                 raise ValueError(f"search_space.{name}: {name} takes choices, not a low/high range")
-            if dist.choices is not None:
-                for choice in dist.choices:
-                    Hyperparams.model_validate({name: choice})
+            values = dist.choices if dist.choices is not None else (dist.low, dist.high)
+            for value in values:
+                _check_hparam_value(name, value)
         return self
+
+
+def _check_hparam_value(name: str, value: Any) -> None:
+    """A search-space value must be a value the hyperparameter itself accepts."""
+    try:
+        Hyperparams.model_validate({name: value})
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise ValueError(f"search_space.{name}: {value!r} is not allowed: {reason}") from None
 
 
 class TrainSettings(Frozen):

@@ -59,8 +59,12 @@ def curve_tables(
     if problem == "regression":
         return {"predictions": pd.DataFrame({"actual": y_true, "predicted": output})}
     predicted = (output >= 0.5).astype(int) if problem == "binary" else output.argmax(axis=1)
-    labels = np.asarray(class_labels, dtype=object)
-    tables = {"confusion": pd.DataFrame({"actual": labels[y_true], "predicted": labels[predicted]})}
+
+    # Categoricals keep every class in the confusion matrix, also one never predicted.
+    def as_labels(codes: np.ndarray) -> pd.Categorical:
+        return pd.Categorical.from_codes(codes, categories=class_labels)
+
+    tables = {"confusion": pd.DataFrame({"actual": as_labels(y_true), "predicted": as_labels(predicted)})}
     if problem == "binary":
         fpr, tpr, _ = skm.roc_curve(y_true, output)
         precision, recall, _ = skm.precision_recall_curve(y_true, output)
@@ -79,7 +83,7 @@ def plot_tables(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
     figures: dict[str, Figure] = {}
     if "confusion" in tables:
         frame = tables["confusion"]
-        matrix = pd.crosstab(frame["actual"], frame["predicted"])
+        matrix = pd.crosstab(frame["actual"], frame["predicted"], dropna=False)
         fig = Figure(figsize=(5, 4))
         ax = fig.subplots()
         image = ax.imshow(matrix.to_numpy(), cmap="Blues")

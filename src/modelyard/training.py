@@ -215,7 +215,7 @@ def predict(model: nn.Module, x: np.ndarray, problem: Problem) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
     outputs = []
-    for start in range(0, len(x), EVAL_BATCH):
+    for start in range(0, max(len(x), 1), EVAL_BATCH):  # one pass even for no rows keeps the shape
         batch = torch.as_tensor(x[start : start + EVAL_BATCH], dtype=torch.float32, device=device)
         out = _output(model(batch).float(), problem)
         if problem == "binary":
@@ -223,4 +223,4 @@ def predict(model: nn.Module, x: np.ndarray, problem: Problem) -> np.ndarray:
         elif problem == "multiclass":
             out = torch.softmax(out, dim=1)
         outputs.append(out.cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.empty((0,))
+    return np.concatenate(outputs)

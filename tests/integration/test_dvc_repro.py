@@ -15,8 +15,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from modelyard.data.sources import read_source
 from modelyard.config import SourceSettings
+from modelyard.data.sources import read_source
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

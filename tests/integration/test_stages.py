@@ -100,7 +100,14 @@ def test_final_model_run_has_model_metrics_and_plots(trained) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.tags["modelyard.stage"] == "train"
     metrics = json.loads(ctx.paths.metrics.read_text())
-    assert set(metrics) >= {"test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "test_log_loss"}
+    assert set(metrics) >= {
+        "test_accuracy",
+        "test_precision",
+        "test_recall",
+        "test_f1",
+        "test_roc_auc",
+        "test_log_loss",
+    }
     assert metrics["test_accuracy"] > 0.75  # the toy label is learnable
     assert run.data.metrics["test_roc_auc"] == pytest.approx(metrics["test_roc_auc"])
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) >= 1
@@ -181,7 +188,9 @@ def test_tune_resumes_and_fails_stale_trials(project: Path) -> None:
     experiment = client.get_experiment_by_name("toy").experiment_id
     parents = [r for r in runs_of(client, experiment) if r.data.tags.get("modelyard.study") == study_name]
     assert len(parents) == 1
-    children = [r for r in runs_of(client, experiment) if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    children = [
+        r for r in runs_of(client, experiment) if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+    ]
     assert len(children) == 4
     assert all(r.info.status != "RUNNING" for r in runs_of(client, experiment))
 
@@ -213,7 +222,9 @@ def test_failed_validation_stops_the_pipeline(project: Path, capsys: pytest.Capt
         ({"train": {"max_epoch": 3}}, "tasks.toy.train.max_epoch: unknown key; allowed: max_epochs"),
     ],
 )
-def test_bad_input_is_one_clear_error(project: Path, capsys: pytest.CaptureFixture, change: dict, expected: str) -> None:
+def test_bad_input_is_one_clear_error(
+    project: Path, capsys: pytest.CaptureFixture, change: dict, expected: str
+) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(toy_params(**change)))
     assert main(["ingest", "--params", str(project / "params.yaml")]) == 2
     err = capsys.readouterr().err

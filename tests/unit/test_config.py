@@ -1,0 +1,307 @@
+"""params.yaml parsing: the repo's real file, and variants of it with one thing wrong."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+from modelyard.config import Settings, load_settings, parse_settings
+from modelyard.errors import ModelyardError
+
+PARAMS_PATH = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+@pytest.fixture(scope="module")
+def real_params() -> dict:
+    return yaml.safe_load(PARAMS_PATH.read_text())
+
+
+@pytest.fixture
+def raw(real_params: dict) -> dict:
+    """A private copy of the real params mapping, for one test to break."""
+    return copy.deepcopy(real_params)
+
+
+def adult(raw: dict) -> dict:
+    return raw["tasks"]["adult"]
+
+
+def problem_text(raw: dict) -> str:
+    with pytest.raises(ModelyardError) as info:
+        parse_settings(raw)
+    return str(info.value)
+
+
+def test_real_params_file_parses() -> None:
+    settings = load_settings(PARAMS_PATH)
+    task = settings.task("adult")
+    assert (task.problem, task.target, task.positive_label) == ("binary", "income", ">50K")
+    assert task.schema_.columns["income"].categories == ("<=50K", ">50K")
+    assert task.features.encoder_for("native-country") == "target"
+    assert task.features.encoder_for("race") == "onehot"
+    assert (task.monitor, task.promotion_metric) == ("val_accuracy", "test_roc_auc")
+    lr = task.tune.search_space["lr"]
+    assert (lr.low, lr.high, lr.log) == (3.0e-4, 1.0e-2, True)
+    assert task.tune.search_space["batch_size"].choices == (128, 256, 512)
+    assert (task.train.max_epochs, task.train.patience) == (40, 6)
+
+
+def test_settings_are_frozen() -> None:
+    task = load_settings(PARAMS_PATH).task("adult")
+    with pytest.raises(pydantic.ValidationError):
+        task.train.max_epochs = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("where", "typo", "allowed"),
+    [
+        ((), "sed", "seed, device, tasks"),
+        (
+            ("tasks", "adult"),
+            "famliy",
+            "source, target, problem, family, positive_label, metric, loss, schema, split, features, model, tune, "
+            "train, registry",
+        ),
+        (("tasks", "adult", "train"), "max_epoch", "max_epochs, patience, grad_clip"),
+        (("tasks", "adult", "tune", "search_space", "lr"), "lo", "low, high, log, step, choices"),
+        (("tasks", "adult", "schema", "columns", "age"), "mn", "type, min, max, categories, max_null_fraction"),
+    ],
+    ids=["top", "task", "train", "search_space_entry", "schema_column"],
+)
+def test_unknown_key_names_its_full_path_and_the_allowed_keys(raw: dict, where: tuple, typo: str, allowed: str) -> None:
+    section = raw
+    for part in where:
+        section = section[part]
+    section[typo] = 1
+    text = problem_text(raw)
+    path = ".".join((*where, typo))
+    assert "1 problem(s)" in text
+    assert f"  - {path}: unknown key; allowed: {allowed}\n" in text
+    assert "fix: edit those keys" in text
+
+
+def test_every_problem_is_reported_at_once(raw: dict) -> None:
+    adult(raw)["train"]["max_epoch"] = 3
+    adult(raw)["features"]["scaler"] = "log"
+    text = problem_text(raw)
+    assert "2 problem(s)" in text
+    assert "tasks.adult.train.max_epoch: unknown key" in text
+    assert "tasks.adult.features.scaler:" in text and "'log'" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "distribution", "fragment"),
+    [
+        ("dropout", {"low": 0.5, "high": 0.1}, "low (0.5) is greater than high (0.1)"),
+        ("weight_decay", {"low": 0.0, "high": 0.1, "log": True}, "log-scale range needs low > 0"),
+        ("widht", {"low": 1, "high": 2}, "unknown hyperparameter; allowed: lr, weight_decay, l1, optimizer"),
+        ("activation", {"low": 1, "high": 2}, "activation takes choices, not a low/high range"),
+        ("batch_norm", {"low": 0, "high": 1}, "batch_norm takes choices, not a low/high range"),
+        ("units", {"low": 32, "high": 64, "choices": [32, 64]}, "either choices or low/high"),
+        ("units", {"choices": []}, "choices is empty"),
+        ("units", {"low": 32}, "give low and high"),
+        ("optimizer", {"choices": ["adam", "rmsprop"]}, "'rmsprop'"),
+    ],
+    ids=[
+        "low_above_high",
+        "log_with_zero_low",
+        "unknown_hyperparameter",
+        "range_for_activation",
+        "range_for_batch_norm",
+        "choices_and_range",
+        "empty_choices",
+        "low_without_high",
+        "choice_of_wrong_value",
+    ],
+)
+def test_bad_search_space_entry_names_its_key(raw: dict, name: str, distribution: dict, fragment: str) -> None:
+    adult(raw)["tune"]["search_space"][name] = distribution
+    text = problem_text(raw)
+    assert f"search_space.{name}" in text
+    assert "tasks.adult.tune" in text
+    assert fragment in text
+
+
+def test_choice_outside_a_hyperparameters_values_is_rejected(raw: dict) -> None:
+    adult(raw)["tune"]["search_space"]["optimizer"] = {"choices": ["adam", "rmsprop"]}
+    text = problem_text(raw)
+    assert "optimizer" in text and "'rmsprop'" in text
+    assert "'adam', 'adamw' or 'sgd'" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "distribution"), [("dropout", {"low": 0.0, "high": 1.5}), ("n_layers", {"low": 0, "high": 3})]
+)
+def test_range_outside_a_hyperparameters_limits_is_rejected(raw: dict, name: str, distribution: dict) -> None:
+    adult(raw)["tune"]["search_space"][name] = distribution
+    assert f"search_space.{name}" in problem_text(raw)
+
+
+def test_yaml_1e_minus_3_is_read_as_a_float(tmp_path: Path) -> None:
+    text = """
+tasks:
+  tiny:
+    source: {path: tiny.csv}
+    target: y
+    problem: regression
+    schema:
+      columns:
+        x: {type: number}
+        y: {type: number}
+    model:
+      lr: 1e-3
+      weight_decay: 5e-5
+    tune:
+      search_space:
+        lr: {low: 1e-4, high: 1e-2, log: true}
+"""
+    assert yaml.safe_load("lr: 1e-3")["lr"] == "1e-3"  # what makes this test necessary: YAML 1.1 gives a string
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    task = load_settings(path).task("tiny")
+    assert isinstance(task.model.lr, float) and task.model.lr == 1.0e-3
+    assert isinstance(task.model.weight_decay, float) and task.model.weight_decay == 5.0e-5
+    lr = task.tune.search_space["lr"]
+    assert (lr.low, lr.high) == (1.0e-4, 1.0e-2)
+    assert isinstance(lr.low, float) and isinstance(lr.high, float)
+
+
+def make_multiclass(raw: dict) -> None:
+    task = adult(raw)
+    task["problem"] = "multiclass"
+    del task["positive_label"]
+
+
+def woe_on_multiclass(raw: dict) -> None:
+    make_multiclass(raw)
+    adult(raw)["features"]["encoders"] = {"native-country": "woe"}
+
+
+def woe_on_regression(raw: dict) -> None:
+    task = adult(raw)
+    task.update(problem="regression", target="hours-per-week", metric="rmse")
+    del task["positive_label"]
+    task["features"]["encoders"] = {"native-country": "woe"}
+
+
+def target_encoder_on_multiclass(raw: dict) -> None:
+    make_multiclass(raw)  # params.yaml has native-country: target
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragments"),
+    [
+        (lambda r: adult(r).update(target="salary"), ["tasks.adult:", "target 'salary' is not a column"]),
+        (
+            lambda r: adult(r)["schema"]["columns"]["income"].update(categories=["<=50K", ">50K", "unknown"]),
+            ["tasks.adult:", "binary task needs exactly 2 categories for target 'income'"],
+        ),
+        (
+            lambda r: adult(r)["features"]["encoders"].update(age="target"),
+            ["features.encoders.age: not a categorical feature column", "categorical columns: education,"],
+        ),
+        (woe_on_multiclass, ["tasks.adult:", "['woe']", "need a binary or numeric target"]),
+        (woe_on_regression, ["tasks.adult:", "woe encoder needs a binary target"]),
+        (target_encoder_on_multiclass, ["['target']", "multiclass"]),
+        (
+            lambda r: adult(r)["features"].update(default_encoder="catboost"),
+            ["tasks.adult.features.default_encoder:", "'catboost'", "'onehot'"],
+        ),
+        (
+            lambda r: adult(r)["features"]["encoders"].update({"native-country": "catboost"}),
+            ["tasks.adult.features.encoders.native-country:", "'catboost'"],
+        ),
+        (
+            lambda r: adult(r)["features"].update(scaler="log"),
+            ["tasks.adult.features.scaler:", "'standard', 'minmax', 'robust', 'quantile' or 'none'", "'log'"],
+        ),
+        (
+            lambda r: adult(r)["source"].update(path="adult.csv"),
+            ["tasks.adult.source:", "exactly one of 'builtin'", "or 'path'"],
+        ),
+        (lambda r: adult(r).update(source={}), ["tasks.adult.source:", "exactly one of 'builtin'"]),
+        (
+            lambda r: adult(r).update(source={"path": "data/adult.txt"}),
+            ["tasks.adult.source:", "'data/adult.txt' must end in .csv or .parquet"],
+        ),
+        (lambda r: adult(r).update(positive_label="rich"), ["positive_label 'rich' is not one of"]),
+        (lambda r: adult(r).update(problem="regression"), ["target 'income' of a regression task must be numeric"]),
+        (lambda r: adult(r).update(metric="rmse"), ["metric 'rmse' is for regression"]),
+        (lambda r: adult(r).update(loss="huber"), ["loss applies to regression tasks"]),
+        (lambda r: r["tasks"].update({"Adult Copy": adult(r)}), ["task name 'Adult Copy'"]),
+    ],
+    ids=[
+        "target_missing",
+        "binary_with_3_categories",
+        "encoder_for_numeric_column",
+        "woe_on_multiclass",
+        "woe_on_regression",
+        "target_encoder_on_multiclass",
+        "unknown_default_encoder",
+        "unknown_column_encoder",
+        "unknown_scaler",
+        "builtin_and_path",
+        "no_source",
+        "txt_path",
+        "positive_label_not_a_category",
+        "regression_on_category",
+        "regression_metric_on_binary",
+        "loss_on_classification",
+        "bad_task_name",
+    ],
+)
+def test_inconsistent_task_is_a_clear_error(raw: dict, edit: Callable[[dict], None], fragments: list[str]) -> None:
+    edit(raw)
+    text = problem_text(raw)
+    assert "1 problem(s)" in text
+    for fragment in fragments:
+        assert fragment in text
+
+
+def test_unknown_task_names_the_known_ones(raw: dict) -> None:
+    raw["tasks"]["adult-small"] = copy.deepcopy(adult(raw))
+    settings = parse_settings(raw)
+    with pytest.raises(ModelyardError, match="no task 'nope'") as info:
+        settings.task("nope")
+    assert info.value.hint == "use one of: adult, adult-small"
+
+
+def test_missing_params_file_is_a_modelyard_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelyardError, match="not found") as info:
+        load_settings(tmp_path / "params.yaml")
+    assert "--params" in info.value.hint
+
+
+def test_invalid_yaml_is_a_modelyard_error_with_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 0\ntasks:\n  adult: {source: [unclosed\n")
+    with pytest.raises(ModelyardError, match="is not valid YAML") as info:
+        load_settings(path)
+    assert "line 3, column 19" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just text\n"], ids=["empty", "list", "scalar"])
+def test_params_that_are_not_a_mapping_are_a_modelyard_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ModelyardError, match="must hold a mapping with a 'tasks:' section"):
+        load_settings(path)
+
+
+def test_missing_tasks_section_is_named() -> None:
+    with pytest.raises(ModelyardError, match="tasks: Field required"):
+        parse_settings({"seed": 1})
+
+
+def test_parse_gives_settings_with_defaults(raw: dict) -> None:
+    del raw["device"]
+    settings = parse_settings(raw)
+    assert isinstance(settings, Settings)
+    assert settings.device == "auto"
+    assert settings.task("adult").loss == "auto"

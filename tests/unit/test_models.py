@@ -1,0 +1,90 @@
+"""build_model: the network's shape follows the data and the hyperparameters."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+import torch
+from torch import nn
+
+from modelyard.config import Hyperparams
+from modelyard.models import MLP, build_model
+from modelyard.models.mlp import ACTIVATIONS
+
+N_INPUTS = 7
+ACTIVATION_NAMES = typing.get_args(Hyperparams.model_fields["activation"].annotation)
+
+
+def batch(n_rows: int = 5, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n_rows, N_INPUTS, generator=torch.Generator().manual_seed(seed))
+
+
+def layers_of(model: nn.Module, kind: type[nn.Module]) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, kind)]
+
+
+@pytest.mark.parametrize(("problem", "n_outputs"), [("binary", 1), ("multiclass", 4), ("regression", 1)])
+def test_output_has_one_column_per_output(problem: str, n_outputs: int) -> None:
+    model = build_model("ann", N_INPUTS, n_outputs, Hyperparams(n_layers=2, units=16))
+    out = model(batch(5))
+    assert out.shape == (5, n_outputs)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_hidden_layers_follow_n_layers_and_units() -> None:
+    model = build_model("ann", N_INPUTS, 3, Hyperparams(n_layers=3, units=24))
+    assert isinstance(model, MLP)
+    linears = layers_of(model, nn.Linear)
+    assert [(m.in_features, m.out_features) for m in linears] == [(7, 24), (24, 24), (24, 24), (24, 3)]
+
+
+def test_every_activation_in_the_config_is_built() -> None:
+    assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)
+
+
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
+def test_each_activation_is_used_in_every_hidden_layer(activation: str) -> None:
+    model = build_model("ann", N_INPUTS, 2, Hyperparams(n_layers=2, units=8, activation=activation))
+    assert len(layers_of(model, ACTIVATIONS[activation])) == 2
+    out = model(batch(4))
+    assert out.shape == (4, 2) and torch.isfinite(out).all()
+
+
+def test_output_layer_is_not_squashed_by_an_activation() -> None:
+    model = build_model("ann", N_INPUTS, 1, Hyperparams(n_layers=1, units=8, activation="sigmoid"))
+    assert isinstance(model.net[-1], nn.Linear)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_batch_norm_switch(batch_norm: bool) -> None:
+    model = build_model("ann", N_INPUTS, 1, Hyperparams(n_layers=3, units=8, batch_norm=batch_norm))
+    assert len(layers_of(model, nn.BatchNorm1d)) == (3 if batch_norm else 0)
+    model.train()
+    assert model(batch(6)).shape == (6, 1)
+    model.eval()
+    assert model(batch(1)).shape == (1, 1)  # one row is fine at inference
+
+
+def test_dropout_is_random_in_training_and_off_in_eval() -> None:
+    model = build_model("ann", N_INPUTS, 1, Hyperparams(n_layers=2, units=64, dropout=0.5))
+    assert [m.p for m in layers_of(model, nn.Dropout)] == [0.5, 0.5]
+    x = batch(8)
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+
+
+def test_zero_dropout_adds_no_dropout_layers() -> None:
+    model = build_model("ann", N_INPUTS, 1, Hyperparams(dropout=0.0))
+    assert layers_of(model, nn.Dropout) == []
+    x = batch(8)
+    model.train()
+    torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+
+
+def test_unknown_family_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown model family 'cnn'"):
+        build_model("cnn", N_INPUTS, 1, Hyperparams())

@@ -1,0 +1,303 @@
+"""fit(), predict() and devices, on a few dozen random rows made in memory, on the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modelyard.config import Hyperparams
+from modelyard.models import build_model
+from modelyard.training import (
+    FitOptions,
+    FitResult,
+    TrainingDiverged,
+    as_target,
+    fit,
+    loss_function,
+    predict,
+    resolve_device,
+    validation_metrics,
+)
+
+N_FEATURES = 6
+N_OUTPUTS = {"binary": 1, "multiclass": 3, "regression": 1}
+DEFAULT_MONITOR = {"binary": "val_accuracy", "multiclass": "val_accuracy", "regression": "val_rmse"}
+
+# One full batch, no dropout, a quick optimizer: enough capacity to memorise 32 rows.
+MEMORISE = Hyperparams(lr=2.0e-2, optimizer="adam", dropout=0.0, batch_size=32, n_layers=2, units=64)
+
+
+def make_data(problem: str, n_rows: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random features with random labels (nothing to learn but the rows themselves)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_rows, N_FEATURES)).astype(np.float32)
+    if problem == "binary":
+        y = rng.permutation(np.arange(n_rows) % 2)
+    elif problem == "multiclass":
+        y = rng.permutation(np.arange(n_rows) % 3)
+    else:
+        y = rng.normal(size=n_rows).astype(np.float32)
+    return x, y
+
+
+def make_learnable(n_rows: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Binary labels a network can learn from the features."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_rows, N_FEATURES)).astype(np.float32)
+    return x, (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+
+
+def make_options(problem: str, **overrides) -> FitOptions:
+    values = {
+        "problem": problem,
+        "monitor": DEFAULT_MONITOR[problem],
+        "max_epochs": 5,
+        "patience": 100,
+        "grad_clip": 1.0,
+        "device": "cpu",
+        "seed": 0,
+    }
+    return FitOptions(**{**values, **overrides})
+
+
+def train(
+    problem: str,
+    hparams: Hyperparams,
+    data: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    model_seed: int = 0,
+    **overrides,
+) -> tuple[torch.nn.Module, FitResult]:
+    torch.manual_seed(model_seed)
+    model = build_model("ann", data[0].shape[1], N_OUTPUTS[problem], hparams)
+    result = fit(model, data, val or data, hparams, make_options(problem, **overrides))
+    return model, result
+
+
+@pytest.mark.parametrize("problem", ["binary", "multiclass"])
+def test_overfits_one_batch_of_random_labels(problem: str) -> None:
+    x, y = make_data(problem)
+    model, result = train(problem, MEMORISE, (x, y), max_epochs=40, monitor="val_loss", grad_clip=None)
+    assert result.history[0]["train_loss"] > 0.5
+    assert result.history[-1]["train_loss"] < 0.01
+    assert result.best_metrics["val_accuracy"] == 1.0
+    probabilities = predict(model, x, problem)
+    predicted = (probabilities >= 0.5).astype(int) if problem == "binary" else probabilities.argmax(axis=1)
+    np.testing.assert_array_equal(predicted, y)
+
+
+@pytest.mark.parametrize(("loss", "near_zero"), [("mse", 0.01), ("huber", 0.01), ("mae", 0.2)])
+def test_overfits_one_batch_of_random_regression_targets(loss: str, near_zero: float) -> None:
+    x, y = make_data("regression")
+    model, result = train("regression", MEMORISE, (x, y), max_epochs=60, loss=loss, grad_clip=None)
+    assert result.history[0]["train_loss"] > 0.3
+    assert result.history[-1]["train_loss"] < near_zero
+    assert np.abs(predict(model, x, "regression") - y).mean() < 0.2
+
+
+def test_loss_choice_picks_the_criterion() -> None:
+    assert isinstance(loss_function("binary"), torch.nn.BCEWithLogitsLoss)
+    assert isinstance(loss_function("multiclass"), torch.nn.CrossEntropyLoss)
+    assert isinstance(loss_function("regression"), torch.nn.MSELoss)
+    assert isinstance(loss_function("regression", "mae"), torch.nn.L1Loss)
+    assert isinstance(loss_function("regression", "huber"), torch.nn.HuberLoss)
+
+
+def test_same_params_and_seed_give_identical_history() -> None:
+    # Dropout, batch norm and several shuffled batches: every source of randomness fit() has.
+    hparams = Hyperparams(lr=1e-2, dropout=0.2, batch_size=8, n_layers=2, units=16, batch_norm=True)
+    data, val = make_data("binary", 30, seed=1), make_data("binary", 16, seed=2)
+    first_model, first = train("binary", hparams, data, val, max_epochs=3, monitor="val_loss")
+    second_model, second = train("binary", hparams, data, val, max_epochs=3, monitor="val_loss")
+    assert first.history == second.history
+    assert first.best_epoch == second.best_epoch
+    for a, b in zip(first_model.state_dict().values(), second_model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    _, other_seed = train("binary", hparams, data, val, max_epochs=3, monitor="val_loss", seed=1)
+    assert other_seed.history != first.history  # the seed does matter, so the equality above means something
+
+
+def noisy_run(monitor: str, patience: int):
+    """Train on learnable labels with 30% of them flipped, validate on clean ones: the network
+    first learns the signal, then memorises the noise and validation gets worse."""
+    x, y = make_learnable(64, seed=3)
+    flipped = np.random.default_rng(103).choice(64, 19, replace=False)
+    y[flipped] = 1 - y[flipped]
+    val = make_learnable(64, seed=4)
+    hparams = Hyperparams(lr=1e-2, optimizer="adam", dropout=0.0, batch_size=64, n_layers=2, units=64)
+    model, result = train("binary", hparams, (x, y), val, max_epochs=100, patience=patience, monitor=monitor)
+    return model, result, val
+
+
+def test_early_stopping_stops_once_val_loss_stops_improving() -> None:
+    _, result, _ = noisy_run("val_loss", patience=3)
+    losses = [m["val_loss"] for m in result.history]
+    assert 0 < result.best_epoch == int(np.argmin(losses))
+    assert len(result.history) == result.best_epoch + 3 + 1 < 100
+    assert result.best_metrics == result.history[result.best_epoch]
+
+
+def test_early_stopping_on_accuracy_keeps_the_highest_epoch() -> None:
+    _, result, _ = noisy_run("val_accuracy", patience=4)
+    accuracies = [m["val_accuracy"] for m in result.history]
+    assert 0 < result.best_epoch == int(np.argmax(accuracies))  # argmax: the first of equal maxima
+    assert len(result.history) == result.best_epoch + 4 + 1 < 100
+    assert result.best_metrics["val_accuracy"] == max(accuracies)
+
+
+def test_best_epochs_weights_are_restored() -> None:
+    model, result, (x_val, y_val) = noisy_run("val_loss", patience=3)
+    options = make_options("binary", monitor="val_loss")
+    x = torch.as_tensor(x_val)
+    y = as_target(y_val, "binary", torch.device("cpu"))
+    recomputed = validation_metrics(model, x, y, loss_function("binary"), options)
+    assert recomputed["val_loss"] != pytest.approx(result.history[-1]["val_loss"], rel=1e-3)  # the last was worse
+    assert recomputed["val_loss"] == pytest.approx(result.best_metrics["val_loss"], rel=1e-5)
+    assert recomputed["val_accuracy"] == result.best_metrics["val_accuracy"]
+    assert not model.training
+
+
+@pytest.mark.parametrize(
+    ("problem", "keys"),
+    [
+        ("binary", {"train_loss", "val_loss", "val_accuracy"}),
+        ("multiclass", {"train_loss", "val_loss", "val_accuracy"}),
+        ("regression", {"train_loss", "val_loss", "val_rmse", "val_mae"}),
+    ],
+)
+def test_on_epoch_end_gets_each_epochs_metrics(problem: str, keys: set[str]) -> None:
+    calls: list[tuple[int, dict[str, float]]] = []
+    data = make_data(problem, 24)
+    torch.manual_seed(0)
+    model = build_model("ann", N_FEATURES, N_OUTPUTS[problem], MEMORISE)
+    options = make_options(problem, max_epochs=3)
+    result = fit(model, data, data, MEMORISE, options, on_epoch_end=lambda e, m: calls.append((e, m)))
+    assert [epoch for epoch, _ in calls] == [0, 1, 2]
+    assert all(set(metrics) == keys for _, metrics in calls)
+    assert [metrics for _, metrics in calls] == result.history
+    assert all(type(value) is float for _, metrics in calls for value in metrics.values())
+
+
+def test_exception_in_callback_stops_training_and_propagates() -> None:
+    class Stop(Exception):
+        pass
+
+    epochs: list[int] = []
+
+    def stop_at_two(epoch: int, metrics: dict[str, float]) -> None:
+        epochs.append(epoch)
+        if epoch == 2:
+            raise Stop("pruned")
+
+    data = make_data("binary")
+    model = build_model("ann", N_FEATURES, 1, MEMORISE)
+    with pytest.raises(Stop, match="pruned"):
+        fit(model, data, data, MEMORISE, make_options("binary", max_epochs=10), on_epoch_end=stop_at_two)
+    assert epochs == [0, 1, 2]
+
+
+def test_huge_learning_rate_raises_training_diverged() -> None:
+    hparams = Hyperparams(lr=1.0e6, optimizer="sgd", dropout=0.0, batch_size=8)
+    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
+        train("binary", hparams, make_data("binary"), max_epochs=10, grad_clip=None)
+
+
+@pytest.mark.parametrize("problem", ["binary", "regression"])
+def test_infinite_inputs_raise_training_diverged(problem: str) -> None:
+    x, y = make_data(problem)
+    x[3, 2] = np.inf
+    with pytest.raises(TrainingDiverged, match="epoch 0"):
+        train(problem, MEMORISE, (x, y), max_epochs=3)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_each_optimizer_reduces_the_loss(optimizer: str) -> None:
+    hparams = Hyperparams(lr=5e-2, optimizer=optimizer, weight_decay=1e-4, dropout=0.0, batch_size=16, units=16)
+    _, result = train("binary", hparams, make_learnable(), max_epochs=10)
+    assert result.history[-1]["train_loss"] < 0.8 * result.history[0]["train_loss"]
+    assert result.best_metrics["val_accuracy"] >= 0.85
+
+
+def l1_norm(model: torch.nn.Module) -> float:
+    return sum(m.weight.abs().sum().item() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_l1_penalty_shrinks_the_weights() -> None:
+    base = {"lr": 1e-2, "dropout": 0.0, "batch_size": 16, "units": 16}
+    plain_model, plain = train("binary", Hyperparams(**base), make_learnable(), max_epochs=10)
+    l1_model, penalised = train("binary", Hyperparams(**base, l1=1e-2), make_learnable(), max_epochs=10)
+    assert l1_norm(l1_model) < 0.7 * l1_norm(plain_model)
+    assert penalised.history[0]["train_loss"] > plain.history[0]["train_loss"]  # the penalty is part of the loss
+
+
+def test_trailing_single_row_with_batch_norm_trains() -> None:
+    hparams = Hyperparams(lr=1e-2, dropout=0.0, batch_size=16, units=8, batch_norm=True)
+    data = make_data("binary", 33)  # 16 + 16 + 1
+    _, result = train("binary", hparams, data, max_epochs=2)
+    assert len(result.history) == 2
+    assert all(np.isfinite(m["train_loss"]) for m in result.history)
+
+
+def test_regression_metrics_are_reported_in_target_units() -> None:
+    data = make_data("regression", 24)
+    _, unit = train("regression", MEMORISE, data, max_epochs=2)
+    _, scaled = train("regression", MEMORISE, data, max_epochs=2, target_scale=10.0)
+    first, second = unit.history[-1], scaled.history[-1]
+    assert second["val_loss"] == first["val_loss"]
+    assert second["val_rmse"] == pytest.approx(10.0 * first["val_rmse"])
+    assert second["val_mae"] == pytest.approx(10.0 * first["val_mae"])
+
+
+def test_predict_gives_probabilities() -> None:
+    x, _ = make_data("binary", 20)
+    binary = predict(build_model("ann", N_FEATURES, 1, Hyperparams(units=8)), x * 100, "binary")
+    assert binary.shape == (20,)
+    assert ((binary >= 0) & (binary <= 1)).all()
+    multiclass = predict(build_model("ann", N_FEATURES, 3, Hyperparams(units=8)), x * 100, "multiclass")
+    assert multiclass.shape == (20, 3)
+    assert (multiclass >= 0).all()
+    np.testing.assert_allclose(multiclass.sum(axis=1), 1.0, rtol=1e-5)
+    regression = predict(build_model("ann", N_FEATURES, 1, Hyperparams(units=8)), x, "regression")
+    assert regression.shape == (20,) and regression.dtype == np.float32
+
+
+def test_predict_in_chunks_matches_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, _ = make_data("multiclass", 50)
+    model = build_model("ann", N_FEATURES, 3, Hyperparams(units=8, batch_norm=True))
+    whole = predict(model, x, "multiclass")
+    monkeypatch.setattr("modelyard.training.EVAL_BATCH", 7)
+    np.testing.assert_allclose(predict(model, x, "multiclass"), whole, rtol=1e-6)
+
+
+def test_predict_on_no_rows_keeps_one_column_per_class() -> None:
+    model = build_model("ann", N_FEATURES, 3, Hyperparams(units=8))
+    assert predict(model, np.empty((0, N_FEATURES), dtype=np.float32), "multiclass").shape == (0, 3)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error given when there is no CUDA GPU")
+def test_cuda_without_a_gpu_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="no CUDA GPU is available; use device: auto"):
+        resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16", "fp16_with_grad_scaler"])
+def test_trains_on_cuda_with_mixed_precision(monkeypatch: pytest.MonkeyPatch, bf16: bool) -> None:
+    if bf16 and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    data = make_learnable(256)
+    hparams = Hyperparams(lr=1e-2, dropout=0.0, batch_size=64, units=32, batch_norm=True)
+    model, result = train("binary", hparams, data, max_epochs=15, device="cuda")
+    assert next(model.parameters()).device.type == "cuda"
+    assert result.history[-1]["train_loss"] < 0.7 * result.history[0]["train_loss"]
+    assert result.best_metrics["val_accuracy"] >= 0.9
+    probabilities = predict(model, data[0], "binary")
+    assert probabilities.dtype == np.float32 and ((probabilities >= 0) & (probabilities <= 1)).all()
