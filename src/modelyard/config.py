@@ -8,12 +8,13 @@ for unknown keys, the allowed ones.
 from __future__ import annotations
 
 import re
+import reprlib
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelyard.errors import ModelyardError
 
@@ -41,9 +42,9 @@ TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 class Frozen(BaseModel):
-    """Base for every settings object: immutable, and unknown keys are errors."""
+    """Base for every settings object: immutable; unknown keys, NaN and infinity are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ColumnSchema(Frozen):
@@ -69,6 +70,12 @@ class ColumnSchema(Frozen):
 class RowBounds(Frozen):
     min: int = Field(1, ge=1)
     max: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> RowBounds:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) is less than min ({self.min})")
+        return self
 
 
 class SchemaSettings(Frozen):
@@ -143,7 +150,7 @@ class Distribution(Frozen):
     low: float | None = None
     high: float | None = None
     log: bool = False
-    step: float | None = None
+    step: float | None = Field(None, gt=0.0)
     choices: tuple[Any, ...] | None = None
 
     @model_validator(mode="after")
@@ -160,6 +167,8 @@ class Distribution(Frozen):
             raise ValueError(f"low ({self.low}) is greater than high ({self.high}); swap them")
         if self.log and self.low <= 0:
             raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("a log-scale range takes no step; drop log or step")
         return self
 
 
@@ -179,6 +188,8 @@ class TuneSettings(Frozen):
             kind = hparam_kind(name)
             if dist.choices is None and kind not in (int, float):
                 raise ValueError(f"search_space.{name}: {name} takes choices, not a low/high range")
+            if kind is int and dist.step is not None and not dist.step.is_integer():
+                raise ValueError(f"search_space.{name}: {name} is an integer; its step must be a whole number")
             values = dist.choices if dist.choices is not None else (dist.low, dist.high)
             for value in values:
                 _check_hparam_value(name, value)
@@ -191,7 +202,7 @@ def _check_hparam_value(name: str, value: Any) -> None:
         Hyperparams.model_validate({name: value})
     except ValidationError as exc:
         reason = exc.errors()[0]["msg"]
-        raise ValueError(f"search_space.{name}: {value!r} is not allowed: {reason}") from None
+        raise ValueError(f"search_space.{name}: {_shown(value)} is not allowed: {reason}") from None
 
 
 class TrainSettings(Frozen):
@@ -283,16 +294,17 @@ class TaskSettings(Frozen):
 class Settings(Frozen):
     """The whole params.yaml."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy, sklearn and Optuna take seeds in [0, 2**32)
     device: Device = "auto"
     tasks: dict[str, TaskSettings]
 
-    @model_validator(mode="after")
-    def _task_names(self) -> Settings:
-        for name in self.tasks:
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, tasks: dict[str, TaskSettings]) -> dict[str, TaskSettings]:
+        for name in tasks:
             if not TASK_NAME.match(name):
                 raise ValueError(f"task name {name!r}: use lowercase letters, digits, '-' and '_'")
-        return self
+        return tasks
 
     def task(self, name: str) -> TaskSettings:
         """One task's settings, or an error that lists the tasks params.yaml declares."""
@@ -313,16 +325,28 @@ def load_settings(path: Path) -> Settings:
     if not path.is_file():
         raise ModelyardError(f"params file {path} not found", "run from the repository root or pass --params PATH")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelyardError(f"{path} is not UTF-8 text (byte {exc.start})", "re-save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ModelyardError(f"{path} is not valid YAML: {exc}", "fix the syntax at the line shown") from None
+    except RecursionError:
+        raise ModelyardError(f"{path} nests too deeply to read", "flatten the nested lists or mappings") from None
+    except ValueError as exc:  # PyYAML converting a value: 2020-13-01 as a date, an int of 5000 digits
+        reason = str(exc).split(";")[0]
+        raise ModelyardError(
+            f"{path} has a value YAML cannot convert: {reason}", "quote it to keep it as text"
+        ) from None
     return parse_settings(raw, source=str(path))
 
 
 def parse_settings(raw: Any, source: str = "params.yaml") -> Settings:
     """Validate a params mapping into `Settings`, with readable errors."""
     if not isinstance(raw, dict):
-        raise ModelyardError(f"{source} must hold a mapping with a 'tasks:' section")
+        raise ModelyardError(
+            f"{source} must hold a mapping with a 'tasks:' section, not {type(raw).__name__}",
+            "write it as 'key: value' lines, starting with 'tasks:'",
+        )
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
@@ -337,7 +361,15 @@ def _describe(err: Any) -> str:
         allowed = ", ".join(_aliases(parent)) if parent else ""
         return f"  - {key}: unknown key" + (f"; allowed: {allowed}" if allowed else "")
     message = err["msg"].removeprefix("Value error, ")
-    return f"  - {key}: {message}" + (f" (got {err['input']!r})" if err["type"] != "value_error" else "")
+    return f"  - {key}: {message}" + (f" (got {_shown(err['input'])})" if err["type"] != "value_error" else "")
+
+
+def _shown(value: Any) -> str:
+    """A short repr of a user's value, also for huge integers and deeply nested junk."""
+    try:
+        return reprlib.repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit for str(), maybe inside a list
+        return "a value too large to show"
 
 
 def _aliases(model: type[BaseModel]) -> list[str]:

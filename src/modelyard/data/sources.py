@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -53,27 +55,67 @@ def _read_adult() -> pd.DataFrame:
 
 
 def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a CSV or Parquet file, turning every read failure into one clear error."""
+    """Read a CSV or Parquet file, turning every read failure into one clear error.
+
+    A CSV must be UTF-8 (a byte-order mark is fine). Other encodings are refused, not
+    guessed: Latin-1 decodes any bytes, so a wrong guess would load mojibake silently.
+    The header row must name every column once. A row with more fields than the header is
+    an error; a row with fewer has its missing trailing fields read as missing values.
+    Columns pandas gives no single type (integers beyond 64 bits, true/false with gaps)
+    are read as text, exactly as the file writes them. As in pandas, a line of only spaces
+    is blank and skipped (a one-column file loses such a value).
+    """
     if not path.is_file():
         raise ModelyardError(f"data file {path} not found", "check tasks.<task>.source.path in params.yaml")
     try:
         if path.suffix.lower() == ".csv":
-            frame = pd.read_csv(path, na_values=list(na_values) or None)
-        else:
-            frame = pd.read_parquet(path)
-    except UnicodeDecodeError:
-        raise ModelyardError(f"{path} is not UTF-8 text", "re-save the file as UTF-8 CSV") from None
+            return _read_csv(path, na_values)
+        return pd.read_parquet(path)
+    except UnicodeDecodeError as exc:
+        raise ModelyardError(
+            f"{path} is not UTF-8 text (it holds the byte {exc.object[exc.start]:#04x})",
+            "re-save the file as UTF-8 CSV, e.g. iconv -f latin1 -t utf-8 old.csv > new.csv",
+        ) from None
     except pd.errors.EmptyDataError:
         raise ModelyardError(f"{path} is empty", "point the task at a file with a header row and data") from None
     except (pd.errors.ParserError, OSError, ValueError) as exc:
         raise ModelyardError(
-            f"cannot read {path}: {exc}", "check that the file is a valid CSV or Parquet file"
+            f"cannot read {path}: {str(exc).strip()}", "check that the file is a valid CSV or Parquet file"
         ) from None
-    duplicated = [str(c) for c in frame.columns if str(c).rsplit(".", 1)[0] in frame.columns and "." in str(c)]
-    if path.suffix.lower() == ".csv" and duplicated:
+
+
+def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
+    """`read_table` for a CSV: check the header row as written, then read the rows."""
+    # pandas renames duplicates (a, a.1) and empty names (Unnamed: 0): read the header raw.
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, na_filter=False).iloc[0].tolist()
+    if any("\x00" in name for name in header):
+        raise ModelyardError(f"{path} is not UTF-8 text (its header holds NUL bytes)", "re-save the file as UTF-8 CSV")
+    unnamed = [str(i) for i, name in enumerate(header, 1) if name == ""]
+    if unnamed:
         raise ModelyardError(
-            f"{path} has duplicated column names ({', '.join(duplicated)})", "give each column a unique name"
+            f"{path}: the header row gives no name to column(s) {', '.join(unnamed)}",
+            "name every column in the first row (a file saved by pandas with its index: save it with index=False)",
         )
+    duplicated = [name for name, count in Counter(header).items() if count > 1]
+    if duplicated:
+        raise ModelyardError(
+            f"{path} has duplicated column names ({', '.join(map(repr, duplicated))})",
+            "give each column a unique name",
+        )
+    # index_col=False: never take extra leading fields as an index; pandas warns, we refuse.
+    options: dict = {"na_values": list(na_values) or None, "low_memory": False, "index_col": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            frame = pd.read_csv(path, **options)
+        except pd.errors.ParserWarning:
+            raise ModelyardError(
+                f"{path}: rows have more fields than the {len(header)} columns the header names",
+                "quote values that contain commas, or name the missing columns in the header row",
+            ) from None
+    mixed = [name for name, dtype in frame.dtypes.items() if pd.api.types.is_object_dtype(dtype)]
+    if mixed:
+        frame = pd.read_csv(path, dtype=dict.fromkeys(mixed, str), **options)
     return frame
 
 
