@@ -80,7 +80,7 @@ def best_val_accuracy(ctx: Any, best: dict[str, Any]) -> float:
     return next(m.value for m in history if m.step == best_epoch)
 
 
-def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None) -> dict[str, Any]:
+def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, workers: int) -> dict[str, Any]:
     """All stages up to evaluate in a throwaway project; only `tune` (and train + evaluate) are timed."""
     import torch
 
@@ -103,7 +103,7 @@ def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None) ->
     import modelyard.tuning  # noqa: F401
 
     start = time.perf_counter()
-    stages.tune(ctx)
+    stages.tune(ctx, **({"workers": workers} if workers > 1 else {}))
     tune_wall = time.perf_counter() - start
     start = time.perf_counter()
     stages.train(ctx)
@@ -121,16 +121,18 @@ def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None) ->
         "trials": best["trials"],
         "best_hparams": best["hparams"],
         "torch_threads": torch.get_num_threads(),
+        "workers": workers,
     }
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     print(f"{'':10} {'best_val_acc':>12} {'test_acc':>9} {'tune_wall_s':>12} {'s/trial':>8}")
     for name, r in results.items():
-        print(f"{name:10} {r['best_val_acc']:12.4f} {r['test_acc']:9.4f} {r['tune_wall_s']:12.1f} {r['s_per_trial']:8.2f}")
+        accuracy = f"{r['best_val_acc']:12.4f} {r['test_acc']:9.4f}"
+        print(f"{name:10} {accuracy} {r['tune_wall_s']:12.1f} {r['s_per_trial']:8.2f}")
     ours = results["modelyard"]
-    print(f"modelyard train+evaluate wall: {ours['train_eval_wall_s']:.1f} s (final best epoch {ours['final_best_epoch']})")
-    print(f"modelyard trials: {ours['trials']}, torch threads: {ours['torch_threads']}")
+    print(f"modelyard train+evaluate wall: {ours['train_eval_wall_s']:.1f} s (best epoch {ours['final_best_epoch']})")
+    print(f"modelyard trials: {ours['trials']}, torch threads: {ours['torch_threads']}, workers: {ours['workers']}")
     if "peer" in results:
         peer = results["peer"]
         print(f"speed ratio peer_wall / modelyard_wall: {peer['tune_wall_s'] / ours['tune_wall_s']:.2f}x")
@@ -143,9 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=12, help="trials for both (default 12)")
     parser.add_argument("--epochs", type=int, default=12, help="epochs per trial for both (default 12)")
     parser.add_argument("--seed", type=int, default=0, help="modelyard's seed; the peer always uses 0")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key for modelyard, e.g. tasks.adult.metric=loss (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params.yaml key for modelyard, e.g. tasks.adult.metric=loss (repeatable)",
+    )
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for modelyard (default: torch's own)")
+    parser.add_argument("--workers", type=int, default=1, help="modelyard tuning worker processes (default 1)")
     parser.add_argument("--no-peer", action="store_true", help="run modelyard only")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -160,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_peer:
             results["peer"] = run_peer(args.trials, args.epochs, Path(tmp))
             loads["after_peer"] = load()
-        results["modelyard"] = run_modelyard(params, Path(tmp), args.threads)
+        results["modelyard"] = run_modelyard(params, Path(tmp), args.threads, args.workers)
         loads["after_modelyard"] = load()
     print(f"trials={args.trials} epochs={args.epochs} seed={args.seed} overrides={args.overrides or 'none'}")
     print_table(results)
