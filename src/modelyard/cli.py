@@ -13,15 +13,20 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelyard.errors import ModelyardError
+from modelyard.redaction import redact
+
+if TYPE_CHECKING:
+    from modelyard.config import Settings
 
 STAGE_HELP = {
     "ingest": "read a task's source into data/<task>/raw.parquet",
     "validate": "check the raw data with Great Expectations (Data Docs in data/<task>/data_docs)",
     "split": "seeded train / validation / test split",
     "featurize": "fit encoders and scaling on the training split; transform all splits",
-    "tune": "Optuna study over the search space, one MLflow child run per trial",
+    "tune": "Optuna study over the search space, one MLflow child run per trial (--workers N, --storage URL)",
     "train": "train the final model with the best hyperparameters and log it to MLflow",
     "evaluate": "test metrics and plots for the trained model",
     "register": "register the model; promote it to champion only if it beats the current one",
@@ -39,7 +44,38 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--task", action="append", help="task name from params.yaml (repeatable; default: all tasks)")
         sub.add_argument("--params", type=Path, default=None, help="params file (default: <repo>/params.yaml)")
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+        if name == "tune":
+            sub.add_argument(
+                "--storage",
+                metavar="URL",
+                help="Optuna storage overriding tasks.<task>.tune.storage, e.g. postgresql://user@host/db; "
+                "keep the password in ~/.pgpass or PGPASSWORD rather than in the URL",
+            )
+            sub.add_argument(
+                "--workers",
+                type=_positive_int,
+                default=1,
+                metavar="N",
+                help="tuning processes on this machine (default 1); the same command on other machines, "
+                "with the same RDB storage, joins the same study",
+            )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def override_storage(settings: Settings, url: str) -> Settings:
+    """Settings with every task's `tune.storage` set to `url` (the `--storage` option)."""
+    tasks = {
+        name: task.model_copy(update={"tune": task.tune.model_copy(update={"storage": url})})
+        for name, task in settings.tasks.items()
+    }
+    return settings.model_copy(update={"tasks": tasks})
 
 
 def quiet_libraries() -> None:
@@ -59,9 +95,14 @@ def run(args: argparse.Namespace) -> None:
 
     root = find_root(args.params.parent if args.params else None)
     settings = load_settings(args.params or root / "params.yaml")
+    options = {}
+    if args.command == "tune":
+        options["workers"] = args.workers
+        if args.storage:
+            settings = override_storage(settings, args.storage)
     for task_name in args.task or list(settings.tasks):
         settings.task(task_name)
-        STAGES[args.command](Context(root, settings, task_name))
+        STAGES[args.command](Context(root, settings, task_name), **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelyardError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -81,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc}\n  rerun with --debug for the traceback", file=sys.stderr)
+        print(
+            redact(f"error: unexpected {type(exc).__name__}: {exc}\n  rerun with --debug for the traceback"),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

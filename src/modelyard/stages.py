@@ -134,11 +134,15 @@ def _load_preprocessing(ctx: Context) -> dict[str, Any]:
         return pickle.load(handle)
 
 
-def tune(ctx: Context) -> None:
-    """Run or resume the Optuna study; write the best hyperparameters."""
+def tune(ctx: Context, workers: int = 1) -> None:
+    """Run, resume or join the Optuna study with `workers` processes; write the best hyperparameters.
+
+    The storage is `tasks.<task>.tune.storage` (an RDB URL; the same command on other
+    machines joins the same study), else the local journal file.
+    """
     from modelyard import tracking
     from modelyard.bundle import n_outputs
-    from modelyard.tuning import Arrays, open_storage, run_study, study_fingerprint
+    from modelyard.tuning import Arrays, describe_trial, run_study, storage_label, study_fingerprint
 
     task = ctx.task
     arrays = _load_arrays(ctx)
@@ -149,13 +153,16 @@ def tune(ctx: Context) -> None:
     client = tracking.connect(ctx.root)
     experiment = tracking.experiment_id(client, ctx.root, ctx.task_name)
     name = f"{ctx.task_name}-{study_fingerprint(tracking.file_md5(ctx.paths.features), task, ctx.settings.seed)}"
-    progress = Progress(task.tune.n_trials, f"tune {ctx.task_name}")
+    storage = task.tune.storage
+    say(
+        f"tune {ctx.task_name}: study {name} in {storage_label(storage, ctx.paths.study_journal)}, "
+        f"{workers} worker{'s' if workers > 1 else ''}"
+    )
+    # Spawned workers print a line per trial themselves; one in-process worker drives the bar.
+    progress = Progress(task.tune.n_trials, f"tune {ctx.task_name}") if workers == 1 else None
 
     def on_trial_end(trial, total: int) -> None:
-        value = (
-            f"{task.monitor}={trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("fail_reason", "")
-        )
-        progress.step(f"trial {trial.number} {trial.state.name.lower()} {value}")
+        progress.step(describe_trial(trial, task.monitor))
 
     try:
         result = run_study(
@@ -163,16 +170,20 @@ def tune(ctx: Context) -> None:
             task,
             features,
             study_name=name,
-            storage=open_storage(task.tune.storage, ctx.paths.study_journal),
+            storage_url=storage,
+            journal=ctx.paths.study_journal,
             seed=ctx.settings.seed,
             device=ctx.settings.device,
+            root=ctx.root,
             client=client,
             experiment=experiment,
             tags=ctx.tags("tune", {"features.npz": ctx.paths.features}),
-            on_trial_end=on_trial_end,
+            workers=workers,
+            on_trial_end=on_trial_end if progress else None,
         )
     finally:
-        progress.close()
+        if progress:
+            progress.close()
     hparams = Hyperparams.model_validate({**task.model.model_dump(), **result.best_params})
     write_json(
         ctx.paths.best_params,

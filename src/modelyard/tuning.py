@@ -1,37 +1,82 @@
 """Optuna tuning: the search space from params, seeded TPE, pruning on the per-epoch
-validation metric, a resumable study, and one MLflow child run per trial under a parent
-run per study.
+validation metric, a resumable study shared by any number of worker processes, and one
+MLflow child run per trial under one parent run per study.
 
-The default storage is a journal file in the checkout (`data/<task>/optuna.journal`): a
-study is named after a fingerprint of everything that shapes it (features, search space,
-fixed hyperparameters, budget, seed), so rerunning after an interruption continues the
-same study up to the requested number of finished trials, while changed inputs start a
-fresh one. A journal-file study is driven by one process at a time, so trials it finds
-RUNNING when it opens were left by a killed run and are marked failed.
+A study is named after a fingerprint of everything that shapes it (features, search
+space, fixed hyperparameters, budget, seed), so rerunning after an interruption continues
+the same study up to the requested number of finished (complete or pruned) trials, while
+changed inputs start a fresh one. The same command on another machine, pointed at the
+same RDB storage, joins the same study.
+
+Workers. `run_study` creates (or loads) the study and the MLflow parent run, then runs
+trials itself (`workers=1`) or in `workers` processes started with the "spawn" context.
+Each worker calls the same `make_objective` and stops once the study as a whole holds
+`n_trials` finished trials (`MaxTrialsCallback`; workers running side by side may finish
+up to `workers - 1` trials beyond the count), or after `n_trials` failed trials of its own.
+
+Faults. Every trial records its worker (host, pid, a per-process token) and its MLflow run
+id as user attributes. A RUNNING trial whose worker is gone is marked FAIL in Optuna and
+its MLflow run FAILED (`fail_stale_trials`):
+- a worker on this host is gone when its process no longer exists; this is checked when a
+  command starts and after its workers exit, so a rerun after `kill -9` cleans up at once
+  and live trials of other commands' workers on this host are left alone;
+- on an RDB storage, Optuna's heartbeat also fails trials whose worker (on any host) has
+  not reported for `GRACE_PERIOD_S`, and the stale-trial callback ends their MLflow runs;
+- the local journal file has no heartbeat: a journal study is for one host, and a RUNNING
+  trial that recorded no worker (its process died between asking for the trial and the
+  objective's first line) is counted as stale there.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import logging
 import math
+import multiprocessing
+import os
+import socket
+import sys
+import threading
+import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from modelyard import tracking
 from modelyard.config import Distribution, Hyperparams, TaskSettings, TuneSettings, hparam_kind
+from modelyard.console import say
 from modelyard.errors import ModelyardError
 from modelyard.evaluation import lower_is_better
 from modelyard.models import build_model
+from modelyard.redaction import redact
 from modelyard.training import FitOptions, TrainingDiverged, fit
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+TAG_TRIAL = "modelyard.trial"  # "<study>/<trial number>" on each child run
+TAG_FAIL_REASON = "modelyard.fail_reason"
+HEARTBEAT_INTERVAL_S = 10
+GRACE_PERIOD_S = 40
+QUIET_LOGGERS = ("alembic", "mlflow", "optuna", "urllib3", "git")
+
+_TOKENS: dict[int, str] = {}
+
+
+def worker_identity() -> dict[str, object]:
+    """This process as a trial records it (host, pid, a token per process), so that another
+    process can tell whether the trial's worker is still alive."""
+    pid = os.getpid()
+    token = _TOKENS.setdefault(pid, uuid.uuid4().hex)
+    return {"host": socket.gethostname(), "pid": pid, "token": token}
 
 
 @dataclass(frozen=True)
@@ -56,6 +101,30 @@ class StudyResult:
     n_failed: int
 
 
+@dataclass(frozen=True)
+class StudySetup:
+    """Everything a worker needs to run trials of one study. Plain values, so a spawned
+    worker receives it whole (the storage URL travels through a pipe, never a command line)."""
+
+    task_name: str
+    task: TaskSettings
+    arrays: Arrays
+    study_name: str
+    storage_url: str | None
+    journal: Path
+    seed: int
+    device: str
+    root: Path  # finds the MLflow store, as in the parent process
+    experiment: str
+    parent_run_id: str
+    trial_tags: dict[str, str]
+    heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S)
+
+
+class TrialFailed(RuntimeError):
+    """A trial ended in an error; the message is the recorded (redacted) reason."""
+
+
 def suggest_hparams(trial: optuna.Trial, base: Hyperparams, space: dict[str, Distribution]) -> Hyperparams:
     """The trial's hyperparameters: the fixed ones from params, with the searched ones drawn."""
     drawn: dict[str, object] = {}
@@ -78,13 +147,43 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
-    """An RDB storage for a URL (PostgreSQL, MySQL, SQLite), else the local journal file."""
+def driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps `postgresql://` to psycopg 3; use the pinned psycopg2 when only it is installed."""
+    if url.startswith("postgresql://") and find_spec("psycopg") is None and find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def storage_label(url: str | None, journal: Path) -> str:
+    """The storage as it may be shown or logged: the URL with its password redacted, or the journal path."""
+    return redact(url) if url else f"journal:{journal}"
+
+
+def open_storage(
+    url: str | None,
+    journal: Path,
+    *,
+    on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S),
+) -> optuna.storages.BaseStorage:
+    """An RDB storage for a URL (PostgreSQL, MySQL, SQLite) with Optuna's heartbeat, else the
+    local journal file. `on_stale(study, trial)` runs for each trial the heartbeat fails."""
     if url:
+        interval, grace = heartbeat
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    driver_url(url),
+                    heartbeat_interval=interval,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=on_stale,
+                )
         except Exception as exc:  # the driver's own errors vary by backend
-            raise ModelyardError(f"cannot open Optuna storage: {exc}", "check tune.storage in params.yaml") from None
+            raise ModelyardError(
+                f"cannot open Optuna storage {redact(url)}: {redact(f'{type(exc).__name__}: {exc}')}",
+                "check tune.storage in params.yaml (or --storage): the server, database name and user",
+            ) from None
     journal.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
 
@@ -92,7 +191,8 @@ def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
 def study_fingerprint(features_md5: str, task: TaskSettings, seed: int) -> str:
     """A short hash of everything that shapes a study; it names the study.
 
-    The trial count is left out: asking for more trials continues the same study.
+    The trial count and the storage are left out: asking for more trials continues the
+    same study, and every machine joining it computes the same name.
     """
     shape = {
         "features": features_md5,
@@ -104,17 +204,312 @@ def study_fingerprint(features_md5: str, task: TaskSettings, seed: int) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def fail_stale_trials(study: optuna.Study, client=None) -> list[FrozenTrial]:
-    """Mark trials left RUNNING by a killed process as failed, in Optuna and in MLflow."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+def sampler_seed(seed: int, shared: bool) -> int:
+    """The TPE seed: the task's seed for a study driven by one process; mixed with the
+    worker's identity when several workers (here or on other machines) share the study,
+    so that they do not all draw the same trials."""
+    if not shared:
+        return seed
+    key = f"{seed}:{json.dumps(worker_identity(), sort_keys=True)}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+
+
+def load_study(name: str, storage: optuna.storages.BaseStorage, task: TaskSettings, seed: int) -> optuna.Study:
+    """Create the study, or load it when it exists, with the seeded sampler and the pruner."""
+    settings = task.tune
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="minimize" if lower_is_better(task.monitor) else "maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=make_pruner(settings.pruner, settings.max_epochs),
+        load_if_exists=True,
+    )
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process of this host still runs (a zombie does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True  # no /proc (macOS): the signal check is all there is
+    return "\nState:\tZ" not in status
+
+
+def worker_gone(trial: FrozenTrial, *, heartbeat: bool) -> bool:
+    """Whether the process running a RUNNING trial is known to be gone.
+
+    Only workers on this host can be checked; elsewhere the RDB heartbeat decides. A trial
+    that recorded no worker is gone on the journal file (one host, and the gap between asking
+    for a trial and recording its worker is a few milliseconds); on an RDB storage the
+    heartbeat decides for it too.
+    """
+    owner, me = trial.user_attrs.get("worker"), worker_identity()
+    if not isinstance(owner, dict):
+        return not heartbeat
+    if owner.get("token") == me["token"] or owner.get("host") != me["host"]:
+        return False
+    if owner.get("pid") == me["pid"]:
+        return True  # the pid now belongs to this process: the old owner is gone
+    return not _process_alive(int(owner.get("pid", 0)))
+
+
+def close_trial_run(client, experiment: str, study_name: str, trial: FrozenTrial, reason: str) -> None:
+    """End a failed trial's MLflow run as FAILED, with the reason, found by the run id the
+    trial recorded or else by its `modelyard.trial` tag."""
+    try:
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if client is not None and run_id:
-            run = tracking.Run(client, run_id)
-            run.set_tags({tracking.TAG_TRIAL_STATE: "FAIL", "modelyard.fail_reason": "process killed mid-trial"})
-            run.finish("FAILED")
-    return list(stale)
+        run = tracking.Run(client, run_id) if run_id else None
+        if run is None:
+            run = tracking.find_run(client, experiment, TAG_TRIAL, f"{study_name}/{trial.number}")
+        if run is None:
+            return
+        run.set_tags({tracking.TAG_TRIAL_STATE: "FAIL", TAG_FAIL_REASON: reason})
+        run.finish("FAILED")
+    except Exception as exc:  # the Optuna side is what matters; MLflow may be down
+        say(redact(f"warning: could not mark the MLflow run of trial {trial.number} failed: {exc}"))
+
+
+def fail_stale_trials(study: optuna.Study, client=None, experiment: str | None = None) -> list[FrozenTrial]:
+    """Mark RUNNING trials whose worker is gone as failed, in Optuna and in MLflow.
+
+    On an RDB storage with a heartbeat, Optuna's own check runs first (its callback, set by
+    `run_study`, ends their MLflow runs); then trials of dead processes on this host.
+    """
+    interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)
+    heartbeat = interval() is not None
+    if heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    stale = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if worker_gone(t, heartbeat=heartbeat)
+    ]
+    reason = "worker process killed mid-trial"
+    for trial in stale:
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process failed it first
+        if client is not None and experiment is not None:
+            close_trial_run(client, experiment, study.study_name, trial, reason)
+    return stale
+
+
+def describe_trial(trial: FrozenTrial, monitor: str) -> str:
+    """`trial 3 complete val_accuracy=0.8125`, or the failure reason."""
+    note = f"{monitor}={trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("fail_reason", "")
+    return f"trial {trial.number} {trial.state.name.lower()} {note}".rstrip()
+
+
+def free_memory() -> None:
+    """Release what a failed trial held: Python cycles, and the CUDA cache (after an OOM)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[[optuna.Trial], float]:
+    """The objective every worker runs: one trial = one MLflow child run of `parent`.
+
+    A trial that raises (NaN or infinite loss, CUDA out of memory, any error) ends FAIL with
+    its reason as the `fail_reason` user attribute and the `modelyard.fail_reason` tag; its
+    memory is released and the study goes on.
+    """
+    task, arrays = setup.task, setup.arrays
+    settings: TuneSettings = task.tune
+    options = FitOptions(
+        problem=task.problem,
+        monitor=task.monitor,
+        max_epochs=settings.max_epochs,
+        patience=settings.max_epochs,  # trials are cut by the pruner, not by early stopping
+        grad_clip=task.train.grad_clip,
+        loss=task.loss,
+        seed=setup.seed,
+        device=setup.device,
+    )
+
+    def train_trial(trial: optuna.Trial, run: tracking.Run, hparams: Hyperparams) -> float:
+        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+            run.log_metrics(metrics, step=epoch)
+            trial.report(metrics[task.monitor], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        model = build_model(task.family, arrays.x_train.shape[1], arrays.n_outputs, hparams)
+        result = fit(
+            model, (arrays.x_train, arrays.y_train), (arrays.x_val, arrays.y_val), hparams, options, on_epoch_end
+        )
+        value = result.best_metrics[task.monitor]
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{task.monitor} is {value}")
+        run.log_metrics({f"best_{task.monitor}": value, "best_epoch": result.best_epoch})
+        return value
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_identity())
+        hparams = suggest_hparams(trial, task.model, settings.search_space)
+        tags = {**setup.trial_tags, TAG_TRIAL: f"{setup.study_name}/{trial.number}"}
+        run = tracking.start_run(client, setup.experiment, f"trial-{trial.number}", tags, parent=parent)
+        state, reason, value = TrialState.FAIL, "", math.nan
+        try:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+            run.log_params({**hparams.model_dump(), "trial_number": trial.number})
+            value = train_trial(trial, run, hparams)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except KeyboardInterrupt:
+            reason = "interrupted"
+            raise
+        except Exception as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+        finally:
+            if reason:
+                trial.set_user_attr("fail_reason", reason)
+            run.set_tags({tracking.TAG_TRIAL_STATE: state.name, **({TAG_FAIL_REASON: reason[:500]} if reason else {})})
+            run.finish(RUN_STATUS[state])
+        if state == TrialState.PRUNED:
+            raise optuna.TrialPruned()
+        if state == TrialState.FAIL:
+            free_memory()  # after the except block, so the traceback no longer holds the trial's tensors
+            raise TrialFailed(reason)
+        return value
+
+    return objective
+
+
+class StopAfterFailures:
+    """Stop a worker after `limit` failed trials of its own, so a search space where every
+    trial fails ends instead of retrying forever."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.n_failed = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.n_failed += trial.state == TrialState.FAIL
+        if self.n_failed >= self.limit:
+            study.stop()
+
+
+def run_trials(
+    setup: StudySetup,
+    *,
+    study: optuna.Study | None = None,
+    client=None,
+    on_trial_end: Callable[[FrozenTrial, int], None] | None = None,
+) -> None:
+    """One worker: run trials until the study holds `n_trials` finished ones.
+
+    Without `study` and `client` (a spawned worker) it opens its own connections.
+    """
+    client = client or tracking.connect(setup.root)
+    if study is None:
+        on_stale = stale_run_closer(client, setup.experiment)
+        storage = open_storage(setup.storage_url, setup.journal, on_stale=on_stale, heartbeat=setup.heartbeat)
+        study = load_study(setup.study_name, storage, setup.task, sampler_seed(setup.seed, shared=True))
+    n_trials = setup.task.tune.n_trials
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
+        return
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
+        optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+        StopAfterFailures(n_trials),
+    ]
+    if on_trial_end is not None:
+        callbacks.append(lambda _, trial: on_trial_end(trial, n_trials))
+    objective = make_objective(setup, client, tracking.Run(client, setup.parent_run_id))
+    study.optimize(objective, n_trials=None, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+
+
+def stale_run_closer(client, experiment: str) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """The RDB heartbeat's stale-trial callback: end the failed trial's MLflow run too.
+
+    (Optuna has already finished the trial, so no `fail_reason` attribute can be added.)
+    """
+
+    def close(study: optuna.Study, trial: FrozenTrial) -> None:
+        close_trial_run(client, experiment, study.study_name, trial, "worker stopped sending heartbeats mid-trial")
+
+    return close
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the process that started it dies (e.g. `kill -9` of the stage):
+    its trial is left RUNNING and the next run marks it failed."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(1.0)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="modelyard-parent-watch", daemon=True).start()
+
+
+def work(setup: StudySetup, index: int, n_workers: int, logging_state: tuple) -> None:
+    """A spawned worker's entry point; errors become one redacted line and an exit code."""
+    _exit_with_parent()
+    levels, filters = logging_state
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    warnings.filters[:] = filters
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
+    label = f"tune {setup.task_name} worker {index}"
+
+    def report(trial: FrozenTrial, total: int) -> None:
+        say(f"{label}: {describe_trial(trial, setup.task.monitor)}")
+
+    try:
+        run_trials(setup, on_trial_end=report)
+    except ModelyardError as exc:
+        say(redact(f"{label}: error: {exc}"))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        say(redact(f"{label}: error: unexpected {type(exc).__name__}: {exc}"))
+        sys.exit(1)
+
+
+def run_workers(setup: StudySetup, n_workers: int) -> list[int]:
+    """Run `n_workers` spawned worker processes to the end; their exit codes."""
+    context = multiprocessing.get_context("spawn")
+    logging_state = ({name: logging.getLogger(name).level for name in QUIET_LOGGERS}, list(warnings.filters))
+    processes = [
+        context.Process(target=work, args=(setup, i, n_workers, logging_state), name=f"modelyard-tune-{i}")
+        for i in range(n_workers)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    finally:
+        for process in processes:  # interrupted: stop the rest; their trials are failed below
+            if process.is_alive():
+                process.terminate()
+            if process.pid is not None:
+                process.join(timeout=30)
+    return [process.exitcode for process in processes]
+
+
+def _parent_run(client, experiment: str, setup_tags: dict[str, str], study_name: str, params: dict) -> tracking.Run:
+    """The study's parent run: found by its study tag, or created (with `params`) by the first command."""
+    parent = tracking.find_run(client, experiment, tracking.TAG_STUDY, study_name)
+    if parent is None:
+        parent = tracking.start_run(
+            client, experiment, f"study-{study_name}", {**setup_tags, tracking.TAG_STUDY: study_name}
+        )
+        parent.log_params(params)
+        return parent
+    return tracking.resume(parent)
 
 
 def run_study(
@@ -123,91 +518,65 @@ def run_study(
     arrays: Arrays,
     *,
     study_name: str,
-    storage: optuna.storages.BaseStorage,
+    storage_url: str | None,
+    journal: Path,
     seed: int,
     device: str,
+    root: Path,
     client,
     experiment: str,
     tags: dict[str, str],
+    workers: int = 1,
     on_trial_end: Callable[[FrozenTrial, int], None] | None = None,
+    heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S),
 ) -> StudyResult:
-    """Run (or continue) the study until `tune.n_trials` trials have finished."""
+    """Run (or continue, or join) the study until it holds `tune.n_trials` finished trials.
+
+    The study and its MLflow parent run exist before any worker starts, so there is one
+    parent run; `workers=1` runs the trials in this process, more start spawned workers.
+    """
+    if workers < 1:
+        raise ModelyardError(f"workers must be 1 or more, got {workers}", "pass --workers N with N >= 1")
     settings: TuneSettings = task.tune
-    direction = "minimize" if lower_is_better(task.monitor) else "maximize"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
+    optuna.logging.set_verbosity(max(optuna.logging.WARNING, optuna.logging.get_verbosity()))
+    storage = open_storage(storage_url, journal, on_stale=stale_run_closer(client, experiment), heartbeat=heartbeat)
+    shared = storage_url is not None or workers > 1
+    study = load_study(study_name, storage, task, sampler_seed(seed, shared=shared))
+    fail_stale_trials(study, client, experiment)
+    params = {
+        "max_epochs_per_trial": settings.max_epochs,
+        "pruner": settings.pruner,
+        "seed": seed,
+        "storage": storage_label(storage_url, journal),
+    }
+    parent = _parent_run(client, experiment, tags, study_name, params)
+    setup = StudySetup(
+        task_name=task_name,
+        task=task,
+        arrays=arrays,
         study_name=study_name,
-        storage=storage,
-        direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=make_pruner(settings.pruner, settings.max_epochs),
-        load_if_exists=True,
-    )
-    fail_stale_trials(study, client)
-    parent = tracking.find_run(client, experiment, tracking.TAG_STUDY, study_name)
-    if parent is None:
-        parent = tracking.start_run(client, experiment, f"study-{study_name}", {**tags, tracking.TAG_STUDY: study_name})
-        parent.log_params({"max_epochs_per_trial": settings.max_epochs, "pruner": settings.pruner, "seed": seed})
-    else:
-        tracking.resume(parent)
-    options = FitOptions(
-        problem=task.problem,
-        monitor=task.monitor,
-        max_epochs=settings.max_epochs,
-        patience=settings.max_epochs,  # trials are cut by the pruner, not by early stopping
-        grad_clip=task.train.grad_clip,
-        loss=task.loss,
+        storage_url=storage_url,
+        journal=journal,
         seed=seed,
         device=device,
+        root=root,
+        experiment=experiment,
+        parent_run_id=parent.run_id,
+        trial_tags={k: v for k, v in tags.items() if not k.startswith("dvc.")},
+        heartbeat=heartbeat,
     )
-    trial_tags = {k: v for k, v in tags.items() if not k.startswith("dvc.")}
-
-    def objective(trial: optuna.Trial) -> float:
-        hparams = suggest_hparams(trial, task.model, settings.search_space)
-        run = tracking.start_run(client, experiment, f"trial-{trial.number}", trial_tags, parent=parent)
-        trial.set_user_attr("mlflow_run_id", run.run_id)
-        run.log_params({**hparams.model_dump(), "trial_number": trial.number})
-
-        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-            run.log_metrics(metrics, step=epoch)
-            trial.report(metrics[task.monitor], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        state, reason = TrialState.FAIL, ""
-        try:
-            model = build_model(task.family, arrays.x_train.shape[1], arrays.n_outputs, hparams)
-            result = fit(
-                model, (arrays.x_train, arrays.y_train), (arrays.x_val, arrays.y_val), hparams, options, on_epoch_end
-            )
-            value = result.best_metrics[task.monitor]
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"{task.monitor} is {value}")
-            run.log_metrics({f"best_{task.monitor}": value, "best_epoch": result.best_epoch})
-            state = TrialState.COMPLETE
-            return value
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-            raise
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("fail_reason", reason)
-            raise
-        finally:
-            run.set_tags(
-                {tracking.TAG_TRIAL_STATE: state.name, **({"modelyard.fail_reason": reason[:500]} if reason else {})}
-            )
-            run.finish(RUN_STATUS[state])
+    exit_codes: list[int] = []
 
     def count(states: tuple[TrialState, ...]) -> int:
         return len(study.get_trials(deepcopy=False, states=states))
 
-    remaining = settings.n_trials - count(FINISHED)
-    callbacks = [lambda s, t: on_trial_end(t, settings.n_trials)] if on_trial_end else []
     try:
-        if remaining > 0:
-            study.optimize(objective, n_trials=remaining, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+        if workers == 1:
+            run_trials(setup, study=study, client=client, on_trial_end=on_trial_end)
+        else:
+            exit_codes = run_workers(setup, workers)
     finally:
+        fail_stale_trials(study, client, experiment)  # trials of workers that died during this run
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         parent.log_metrics(
             {
@@ -221,6 +590,13 @@ def run_study(
             parent.log_metrics({f"best_{task.monitor}": study.best_value})
             parent.set_tags({"modelyard.best_params": json.dumps(study.best_params, sort_keys=True)})
         parent.finish("FINISHED" if complete else "FAILED")
+    failed_workers = [code for code in exit_codes if code != 0]
+    if failed_workers and count(FINISHED) < settings.n_trials:
+        raise ModelyardError(
+            f"{len(failed_workers)} of {workers} tuning workers failed (exit codes {failed_workers}) "
+            f"with {count(FINISHED)} of {settings.n_trials} trials finished",
+            "see the worker messages above; rerun the same command to continue the study",
+        )
     if not complete:
         reasons = {t.user_attrs.get("fail_reason", "") for t in study.get_trials(states=(TrialState.FAIL,))}
         raise ModelyardError(
