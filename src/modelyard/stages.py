@@ -253,8 +253,11 @@ def train(ctx: Context) -> None:
             codec=codec,
             network=network,
         )
-        bundle.save(ctx.paths.model_dir)
-        model_uri = registry.log_bundle(run.run_id, ctx.paths.model_dir, bundle, ctx.read_split("val"))
+        # Logged from a staging folder that replaces the old model only once MLflow has it:
+        # a failure or kill while logging leaves the previous model in place.
+        with atomic_path(ctx.paths.model_dir) as staging:
+            bundle.save(staging)
+            model_uri = registry.log_bundle(run.run_id, staging, bundle, ctx.read_split("val"))
         run.log_metrics({f"best_{k}": v for k, v in result.best_metrics.items()} | {"best_epoch": result.best_epoch})
     except BaseException:
         run.finish("FAILED")

@@ -440,11 +440,6 @@ def test_interrupted_model_save_keeps_the_previous_model(trained_copy: Path, mon
     assert train_run.info.status == "FAILED"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stages.train moves the new bundle into data/<task>/model before logging it to MLflow; "
-    "a failure (or kill -9) while logging leaves a model that train.json and MLflow do not know",
-)
 def test_failed_model_logging_keeps_the_previous_model(trained_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = context(trained_copy)
     before, summary = model_files(ctx), ctx.paths.train_summary.read_text()
