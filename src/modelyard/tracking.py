@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,16 @@ PARENT_TAG = "mlflow.parentRunId"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 
 
+def driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps `postgresql://` to psycopg 3; use the pinned psycopg2 when only it is installed."""
+    if url.startswith("postgresql://") and find_spec("psycopg") is None and find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def tracking_uri(root: Path) -> str:
     """`MLFLOW_TRACKING_URI` if set, else the embedded store `sqlite:///<checkout>/mlflow.db`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_root(root) / 'mlflow.db'}"
+    return driver_url(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_root(root) / 'mlflow.db'}")
 
 
 def connect(root: Path) -> MlflowClient:
@@ -46,14 +54,14 @@ def connect(root: Path) -> MlflowClient:
 def experiment_id(client: MlflowClient, root: Path, task: str) -> str:
     """The task's experiment (one per task), created on first use.
 
-    With the embedded store its artifacts go to `<checkout>/mlruns/<task>`; a tracking
-    server chooses its own artifact root.
+    With a database store (the embedded sqlite, or PostgreSQL) its artifacts go to
+    `<checkout>/mlruns/<task>`; a tracking server chooses its own artifact root.
     """
     found = client.get_experiment_by_name(task)
     if found is not None:
         return found.experiment_id
     location = None
-    if tracking_uri(root).startswith("sqlite:"):
+    if not tracking_uri(root).startswith(("http://", "https://")):
         location = (home_root(root) / "mlruns" / task).as_uri()
     return client.create_experiment(task, artifact_location=location)
 

@@ -43,7 +43,6 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -147,13 +146,6 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def driver_url(url: str) -> str:
-    """SQLAlchemy 2.1 maps `postgresql://` to psycopg 3; use the pinned psycopg2 when only it is installed."""
-    if url.startswith("postgresql://") and find_spec("psycopg") is None and find_spec("psycopg2") is not None:
-        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-    return url
-
-
 def storage_label(url: str | None, journal: Path) -> str:
     """The storage as it may be shown or logged: the URL with its password redacted, or the journal path."""
     return redact(url) if url else f"journal:{journal}"
@@ -174,7 +166,7 @@ def open_storage(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    driver_url(url),
+                    tracking.driver_url(url),
                     heartbeat_interval=interval,
                     grace_period=grace,
                     heartbeat_stale_trial_callback=on_stale,
