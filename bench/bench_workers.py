@@ -78,7 +78,7 @@ def run_tune(root: Path, server: dict[str, Any], workers: int, omp_threads: int 
     import optuna
     from optuna.trial import TrialState
 
-    from modelyard.tuning import driver_url
+    from modelyard.tracking import driver_url
 
     base = f"postgresql://{server['user']}@{server['host']}:{server['port']}"
     with database(server, "optuna") as optuna_db, database(server, "mlflow") as mlflow_db:

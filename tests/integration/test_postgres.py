@@ -187,7 +187,7 @@ def test_killed_workers_trials_fail_and_the_study_completes(
     root = copy_project(template, tmp_path, tune={"n_trials": n_trials, "max_epochs": 6, "storage": storage_url})
     log = tmp_path / "tune.log"
     process = start_stage(root, "tune", "--workers", "2", log=log)
-    storage = optuna.storages.RDBStorage(tuning.driver_url(storage_url))
+    storage = optuna.storages.RDBStorage(tracking.driver_url(storage_url))
     try:
 
         def running_study() -> optuna.Study | None:
