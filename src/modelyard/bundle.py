@@ -26,6 +26,8 @@ from modelyard.models import build_model
 from modelyard.training import predict
 
 FORMAT_VERSION = 1
+REFERENCE_FILE = "reference.parquet"
+REFERENCE_ROWS = 5000
 
 
 @dataclass
@@ -38,6 +40,7 @@ class ModelBundle:
     preprocessor: TabularPreprocessor
     codec: TargetCodec
     network: nn.Module
+    reference: pd.DataFrame | None = None  # a sample of the training rows, for drift checks
 
     @property
     def input_columns(self) -> list[str]:
@@ -82,6 +85,8 @@ class ModelBundle:
                 "n_outputs": n_outputs(self.problem, self.codec),
             }
             (temporary / "meta.json").write_text(json.dumps(meta, indent=2))
+            if self.reference is not None:
+                self.reference.to_parquet(temporary / REFERENCE_FILE, index=False)
 
     @classmethod
     def load(cls, directory: Path) -> ModelBundle:
@@ -95,6 +100,8 @@ class ModelBundle:
             hparams = Hyperparams.model_validate(meta["hparams"])
             network = build_model(meta["family"], meta["n_inputs"], meta["n_outputs"], hparams)
             network.load_state_dict(torch.load(directory / "network.pt", map_location="cpu", weights_only=True))
+            reference_path = directory / REFERENCE_FILE
+            reference = pd.read_parquet(reference_path) if reference_path.exists() else None
         except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, RuntimeError) as exc:
             raise ModelyardError(
                 f"the model at {directory} is missing or damaged ({type(exc).__name__}: {exc})",
@@ -110,6 +117,7 @@ class ModelBundle:
             preprocessor=parts["preprocessor"],
             codec=parts["codec"],
             network=network,
+            reference=reference,
         )
 
 

@@ -1,8 +1,10 @@
-"""`modelyard <stage> [--task T]`: run a pipeline stage by hand, exactly as DVC runs it.
+"""`modelyard <stage> [--task T]`: run a pipeline stage by hand, exactly as DVC runs it;
+`modelyard retrain | history | rollback | predict`: the model lifecycle.
 
 Exit codes: 0 done; 2 bad input (params, data, files; the message says how to fix it);
 3 data failed validation; 1 an unexpected error (rerun with --debug for the traceback);
-130 interrupted.
+130 interrupted. `retrain` adds: 0 promoted, 10 kept the champion, 11 up to date,
+4 training failed, 5 lock timeout (another job held the task's lock too long).
 """
 
 from __future__ import annotations
@@ -59,7 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
                 help="tuning processes on this machine (default 1); the same command on other machines, "
                 "with the same RDB storage, joins the same study",
             )
+    _add_lifecycle_commands(commands)
     return parser
+
+
+def _add_lifecycle_commands(commands: argparse._SubParsersAction) -> None:
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--task", required=True, help="task name from params.yaml")
+        sub.add_argument("--params", type=Path, default=None, help="params file (default: <repo>/params.yaml)")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+        return sub
+
+    retrain = command(
+        "retrain",
+        "rerun a task's stages on new data and promote the new model only on evidence; exit codes: "
+        "0 promoted, 10 kept the champion, 11 up to date, 3 validation failed, 4 training failed, 5 lock timeout",
+    )
+    retrain.add_argument("--data", type=Path, help="CSV / Parquet file to train on instead of the task's source")
+    retrain.add_argument("--force", action="store_true", help="retrain even when nothing changed")
+    retrain.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="tuning processes")
+    for sub in (retrain, command("rollback", "move the champion alias back to the previous champion")):
+        sub.add_argument(
+            "--lock-timeout", type=float, default=600.0, metavar="SECONDS", help="wait this long for another job"
+        )
+    commands.choices["rollback"].add_argument("--to", type=_positive_int, metavar="VERSION", help="version to restore")
+    command("history", "which version was champion when, and why")
+    predict = command("predict", "score raw rows of a CSV / Parquet file with the champion")
+    predict.add_argument("--input", type=Path, required=True, help="CSV or Parquet file of raw rows")
+    predict.add_argument("--output", type=Path, required=True, help="CSV or Parquet file to write")
+    predict.add_argument("--version", type=_positive_int, help="a registered version instead of the champion")
 
 
 def _positive_int(text: str) -> int:
@@ -88,13 +119,39 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def run(args: argparse.Namespace) -> None:
+def run_lifecycle(args: argparse.Namespace, root: Path, settings: Settings) -> int:
+    from modelyard import lifecycle
+
+    settings.task(args.task)
+    if args.command == "retrain":
+        return lifecycle.retrain(
+            root,
+            settings,
+            args.task,
+            data=args.data,
+            force=args.force,
+            lock_timeout_s=args.lock_timeout,
+            workers=args.workers,
+        )
+    if args.command == "rollback":
+        lifecycle.rollback(root, settings, args.task, args.to, args.lock_timeout)
+    elif args.command == "history":
+        rows = lifecycle.history(root, args.task)
+        print(lifecycle.format_history(rows) if rows else f"no decisions recorded for task {args.task} yet")
+    else:
+        lifecycle.predict_file(root, args.task, args.input, args.output, args.version)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
     from modelyard.config import load_settings
     from modelyard.paths import find_root
     from modelyard.stages import STAGES, Context
 
     root = find_root(args.params.parent if args.params else None)
     settings = load_settings(args.params or root / "params.yaml")
+    if args.command not in STAGES:
+        return run_lifecycle(args, root, settings)
     options = {}
     if args.command == "tune":
         options["workers"] = args.workers
@@ -103,6 +160,7 @@ def run(args: argparse.Namespace) -> None:
     for task_name in args.task or list(settings.tasks):
         settings.task(task_name)
         STAGES[args.command](Context(root, settings, task_name), **options)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         quiet_libraries()
     try:
-        run(args)
+        code = run(args)
     except ModelyardError as exc:
         if args.debug:
             raise
@@ -127,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return code
 
 
 if __name__ == "__main__":

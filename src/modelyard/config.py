@@ -212,9 +212,15 @@ class TrainSettings(Frozen):
 
 
 class RegistrySettings(Frozen):
-    """Which test metric decides whether a new model replaces the champion."""
+    """When a new model replaces the champion: it must beat it on the same test rows by at
+    least `min_improvement` (in metric units) and the paired test must be significant at
+    `confidence`. `test: auto` is McNemar's test for accuracy, a paired bootstrap otherwise."""
 
     metric: str | None = None
+    test: Literal["auto", "bootstrap", "mcnemar"] = "auto"
+    min_improvement: float = Field(0.0, ge=0.0)
+    confidence: float = Field(0.95, ge=0.5, lt=1.0)
+    n_bootstrap: int = Field(1000, ge=100, le=100_000)
 
 
 class TaskSettings(Frozen):
@@ -276,6 +282,8 @@ class TaskSettings(Frozen):
             )
         if "woe" in used and self.problem != "binary":
             raise ValueError("the woe encoder needs a binary target")
+        if self.registry.test == "mcnemar" and self.promotion_metric != "test_accuracy":
+            raise ValueError("registry.test 'mcnemar' compares accuracy: set registry.metric: accuracy")
         return self
 
     @property

@@ -21,6 +21,41 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(LOWER_IS_BETTER)
 
 
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss", "roc_auc")
+
+
+def metric_names(problem: Problem) -> tuple[str, ...]:
+    """The metrics `compute_metrics` reports for a problem type (without prefix)."""
+    return REGRESSION_METRICS if problem == "regression" else CLASSIFICATION_METRICS
+
+
+def predicted_classes(problem: Problem, output: np.ndarray) -> np.ndarray:
+    """Class indices from probabilities: threshold 0.5 (binary) or the most probable class."""
+    return (output >= 0.5).astype(int) if problem == "binary" else output.argmax(axis=1)
+
+
+def metric_value(problem: Problem, name: str, y_true: np.ndarray, output: np.ndarray) -> float:
+    """One metric (a name from `metric_names`, no prefix); NaN for ROC-AUC when a class is absent."""
+    if problem == "regression":
+        if name == "rmse":
+            return float(np.sqrt(skm.mean_squared_error(y_true, output)))
+        return float(skm.mean_absolute_error(y_true, output) if name == "mae" else skm.r2_score(y_true, output))
+    binary = problem == "binary"
+    n_classes = 2 if binary else output.shape[1]
+    if name == "log_loss":
+        return float(skm.log_loss(y_true, output, labels=list(range(n_classes))))
+    if name == "roc_auc":
+        if len(np.unique(y_true)) < n_classes:
+            return float("nan")
+        return float(skm.roc_auc_score(y_true, output, multi_class="ovr"))
+    predicted = predicted_classes(problem, output)
+    if name == "accuracy":
+        return float(np.mean(predicted == y_true))
+    score = {"precision": skm.precision_score, "recall": skm.recall_score, "f1": skm.f1_score}[name]
+    return float(score(y_true, predicted, average="binary" if binary else "macro", zero_division=0))
+
+
 def compute_metrics(
     problem: Problem, y_true: np.ndarray, output: np.ndarray, prefix: str = "test_"
 ) -> dict[str, float]:
@@ -28,28 +63,10 @@ def compute_metrics(
 
     `y_true` holds class indices (classification) or values; `output` holds the model's
     probabilities (positive class for binary, one column per class for multiclass) or values.
+    ROC-AUC is left out when the rows do not hold every class.
     """
-    if problem == "regression":
-        result = {
-            "rmse": float(np.sqrt(skm.mean_squared_error(y_true, output))),
-            "mae": float(skm.mean_absolute_error(y_true, output)),
-            "r2": float(skm.r2_score(y_true, output)),
-        }
-    else:
-        binary = problem == "binary"
-        predicted = (output >= 0.5).astype(int) if binary else output.argmax(axis=1)
-        average = "binary" if binary else "macro"
-        n_classes = 2 if binary else output.shape[1]
-        result = {
-            "accuracy": float(skm.accuracy_score(y_true, predicted)),
-            "precision": float(skm.precision_score(y_true, predicted, average=average, zero_division=0)),
-            "recall": float(skm.recall_score(y_true, predicted, average=average, zero_division=0)),
-            "f1": float(skm.f1_score(y_true, predicted, average=average, zero_division=0)),
-            "log_loss": float(skm.log_loss(y_true, output, labels=list(range(n_classes)))),
-        }
-        if len(np.unique(y_true)) == n_classes:
-            result["roc_auc"] = float(skm.roc_auc_score(y_true, output, multi_class="ovr"))
-    return {f"{prefix}{k}": v for k, v in result.items()}
+    values = {name: metric_value(problem, name, y_true, output) for name in metric_names(problem)}
+    return {f"{prefix}{k}": v for k, v in values.items() if not np.isnan(v)}
 
 
 def curve_tables(
@@ -58,7 +75,7 @@ def curve_tables(
     """Data for DVC plots: per-row actual/predicted labels, and ROC and PR curves (binary)."""
     if problem == "regression":
         return {"predictions": pd.DataFrame({"actual": y_true, "predicted": output})}
-    predicted = (output >= 0.5).astype(int) if problem == "binary" else output.argmax(axis=1)
+    predicted = predicted_classes(problem, output)
 
     # Categoricals keep every class in the confusion matrix, also one never predicted.
     def as_labels(codes: np.ndarray) -> pd.Categorical:

@@ -102,3 +102,12 @@ class TaskPaths:
     @property
     def registry_decision(self) -> Path:
         return self.dir / "registry.json"
+
+    @property
+    def retrain_lock(self) -> Path:
+        """Held while a retrain or rollback of the task runs (in the user's checkout)."""
+        return home_root(self.root) / "data" / self.task / "retrain.lock"
+
+    @property
+    def retrain_summary(self) -> Path:
+        return self.dir / "retrain.json"

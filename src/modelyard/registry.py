@@ -19,11 +19,31 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from modelyard.bundle import ModelBundle
-from modelyard.evaluation import lower_is_better
+from modelyard.promotion import Comparison
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-RUNTIME_PACKAGES = ("torch", "pandas", "numpy", "scikit-learn", "category-encoders", "pydantic", "pyyaml", "mlflow")
+# Every decision about the champion (register, retrain, rollback) is an MLflow run carrying
+# these tags; `modelyard history` lists them and `modelyard rollback` follows them back.
+TAG_AUDIT = "modelyard.audit"
+TAG_EVENT = "modelyard.event"
+TAG_OUTCOME = "modelyard.outcome"
+TAG_REASON = "modelyard.reason"
+TAG_CHAMPION = "modelyard.champion_version"  # champion after the event
+TAG_PREVIOUS = "modelyard.previous_champion"  # champion before the event
+TAG_FALLBACK = "modelyard.fallback_version"  # where a rollback from this champion goes
+TAG_CANDIDATE = "modelyard.candidate_version"
+RUNTIME_PACKAGES = (
+    "torch",
+    "pandas",
+    "numpy",
+    "scikit-learn",
+    "category-encoders",
+    "pydantic",
+    "pyyaml",
+    "pyarrow",
+    "mlflow",
+)
 
 
 class BundleModel(mlflow.pyfunc.PythonModel):
@@ -68,22 +88,17 @@ def register(
     run_id: str,
     metric: str,
     challenger_value: float,
-    score: Callable[[str], float],
+    judge: Callable[[str], Comparison],
 ) -> dict[str, Any]:
-    """Register a new version as `challenger`; make it `champion` if it beats the current one.
+    """Register a new version as `challenger`; make it `champion` if the evidence says so.
 
-    `score(model_uri)` rates a model on the current test split with `metric`; the current
-    champion is rated the same way, so both are compared on the same rows.
+    `judge(champion_uri)` compares the new model with the current champion on the current
+    test split (see `modelyard.promotion`); the first version becomes champion outright.
     """
     current = champion_version(client, name)
-    champion_value = score(f"models:/{name}@{CHAMPION}") if current is not None else None
-    if champion_value is None:
-        promote, reason = True, "first version: no champion yet"
-    else:
-        better = challenger_value < champion_value if lower_is_better(metric) else challenger_value > champion_value
-        promote = better
-        verb = "beats" if better else "does not beat"
-        reason = f"{metric} {challenger_value:.4f} {verb} champion v{current.version} {champion_value:.4f}"
+    comparison = judge(f"models:/{name}@{CHAMPION}") if current is not None else None
+    promote = comparison is None or comparison.promote
+    reason = "first version: no champion yet" if comparison is None else comparison.reason
     created = mlflow.register_model(model_uri, name, tags={"modelyard.run_id": run_id})
     for key, value in {
         metric: f"{challenger_value:.6f}",
@@ -94,13 +109,58 @@ def register(
     client.set_registered_model_alias(name, CHALLENGER, created.version)
     if promote:
         client.set_registered_model_alias(name, CHAMPION, created.version)
+    previous = int(current.version) if current is not None else None
     return {
         "model": name,
         "version": int(created.version),
         "promoted": promote,
         "reason": reason,
         "metric": metric,
-        "challenger_value": challenger_value,
-        "champion_value": champion_value,
-        "previous_champion_version": int(current.version) if current is not None else None,
+        "challenger_value": challenger_value if comparison is None else comparison.challenger,
+        "champion_value": None if comparison is None else comparison.champion,
+        "comparison": None if comparison is None else comparison.to_dict(),
+        "previous_champion_version": previous,
+        "champion_version": int(created.version) if promote else previous,
     }
+
+
+def set_champion(client: MlflowClient, name: str, version: int) -> None:
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+
+
+def load_champion(name: str, version: int | None = None) -> Any:
+    """The pyfunc model `models:/<name>@champion` (or version `version`)."""
+    return mlflow.pyfunc.load_model(f"models:/{name}/{version}" if version else f"models:/{name}@{CHAMPION}")
+
+
+def champion_bundle(client: MlflowClient, name: str) -> ModelBundle | None:
+    """The champion's bundle (hyperparameters, training sample), or None if there is no
+    usable champion; register reports a damaged one when it tries to score it."""
+    if champion_version(client, name) is None:
+        return None
+    try:
+        return load_champion(name).unwrap_python_model().bundle
+    except Exception:
+        return None
+
+
+def decision_tags(event: str, decision: dict[str, Any]) -> dict[str, str]:
+    """Audit tags of a register or retrain decision (`decision` as `register` returns it);
+    a promotion's fallback is the champion it replaced."""
+    promoted = decision["promoted"]
+    tags = {
+        TAG_AUDIT: "true",
+        TAG_EVENT: event,
+        TAG_OUTCOME: "promoted" if promoted else "kept champion",
+        TAG_REASON: decision["reason"][:4000],
+        TAG_CANDIDATE: str(decision["version"]),
+        "modelyard.registered_version": str(decision["version"]),
+        "modelyard.decision": decision["reason"][:4000],
+    }
+    if decision["champion_version"] is not None:
+        tags[TAG_CHAMPION] = str(decision["champion_version"])
+    if decision["previous_champion_version"] is not None:
+        tags[TAG_PREVIOUS] = str(decision["previous_champion_version"])
+    if promoted and decision["previous_champion_version"] is not None:
+        tags[TAG_FALLBACK] = str(decision["previous_champion_version"])
+    return tags

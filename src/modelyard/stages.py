@@ -134,11 +134,12 @@ def _load_preprocessing(ctx: Context) -> dict[str, Any]:
         return pickle.load(handle)
 
 
-def tune(ctx: Context, workers: int = 1) -> None:
+def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) -> None:
     """Run, resume or join the Optuna study with `workers` processes; write the best hyperparameters.
 
     The storage is `tasks.<task>.tune.storage` (an RDB URL; the same command on other
-    machines joins the same study), else the local journal file.
+    machines joins the same study), else the local journal file. `warm_start` hyperparameters
+    (retraining passes the champion's) are the first trial of a new study.
     """
     from modelyard import tracking
     from modelyard.bundle import n_outputs
@@ -180,6 +181,7 @@ def tune(ctx: Context, workers: int = 1) -> None:
             tags=ctx.tags("tune", {"features.npz": ctx.paths.features}),
             workers=workers,
             on_trial_end=on_trial_end if progress else None,
+            warm_start=warm_start,
         )
     finally:
         if progress:
@@ -196,6 +198,13 @@ def tune(ctx: Context, workers: int = 1) -> None:
         },
     )
     say(f"tune {ctx.task_name}: best {task.monitor}={result.best_value:.4f} (trial {result.best_trial})")
+
+
+def _reference_sample(train: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The training rows a bundle keeps for drift checks (at most REFERENCE_ROWS of them)."""
+    from modelyard.bundle import REFERENCE_ROWS
+
+    return train.sample(min(len(train), REFERENCE_ROWS), random_state=seed).reset_index(drop=True)
 
 
 def train(ctx: Context) -> None:
@@ -252,6 +261,7 @@ def train(ctx: Context) -> None:
             preprocessor=preprocessing["preprocessor"],
             codec=codec,
             network=network,
+            reference=_reference_sample(ctx.read_split("train"), ctx.settings.seed),
         )
         # Logged from a staging folder that replaces the old model only once MLflow has it:
         # a failure or kill while logging leaves the previous model in place.
@@ -316,11 +326,16 @@ def evaluate(ctx: Context) -> None:
     say(f"evaluate {ctx.task_name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 
-def register(ctx: Context) -> None:
-    """Register the trained model; promote it to champion only if it beats the current one."""
-    import mlflow
+def register_model(ctx: Context) -> dict[str, Any]:
+    """Register the trained model as challenger and promote it if it beats the champion on
+    the current test split with a significant paired test (`tasks.<task>.registry`).
 
+    The champion alias is left alone on any failure, including a champion that cannot be
+    loaded or scored.
+    """
     from modelyard import registry, tracking
+    from modelyard.bundle import ModelBundle, prediction_outputs
+    from modelyard.promotion import compare
 
     task = ctx.task
     summary = read_json(ctx.need(ctx.paths.train_summary, "train"))
@@ -333,27 +348,36 @@ def register(ctx: Context) -> None:
             f"set tasks.{ctx.task_name}.registry.metric to one of: {known}",
         )
     test = ctx.read_split("test")
-    codec = _load_preprocessing(ctx)["codec"]
+    bundle = ModelBundle.load(ctx.need(ctx.paths.model_dir, "train"))
+    classes = getattr(bundle.codec, "classes_", [])
+    truth = _true_targets(task, bundle.codec, test)
+    challenger = prediction_outputs(bundle.predict(test), task.problem, classes)
 
-    def score(model_uri: str) -> float:
+    def judge(champion_uri: str):
         try:
-            champion = mlflow.pyfunc.load_model(model_uri)
-            predictions = champion.predict(test)
+            champion = prediction_outputs(registry.load_champion(ctx.task_name).predict(test), task.problem, classes)
         except Exception as exc:
             raise ModelyardError(
-                f"the current champion {model_uri} cannot be loaded or scored ({type(exc).__name__}: {exc})",
+                f"the current champion {champion_uri} cannot be loaded or scored ({type(exc).__name__}: {exc})",
                 "the champion alias was left unchanged; point it at a working version in the MLflow UI, "
                 "or delete the alias to let the next model take it",
             ) from None
-        return score_predictions(task, codec, test, predictions)[metric]
+        return compare(task.problem, metric, truth, challenger, champion, task.registry, seed=ctx.settings.seed)
 
     client = tracking.connect(ctx.root)
-    decision = registry.register(
-        client, ctx.task_name, summary["model_uri"], summary["run_id"], metric, metrics[metric], score
+    return registry.register(
+        client, ctx.task_name, summary["model_uri"], summary["run_id"], metric, metrics[metric], judge
     )
-    tracking.Run(client, summary["run_id"]).set_tags(
-        {"modelyard.registered_version": decision["version"], "modelyard.decision": decision["reason"]}
-    )
+
+
+def register(ctx: Context) -> None:
+    """Register the trained model; promote it to champion only if it beats the current one."""
+    from modelyard import registry, tracking
+
+    decision = register_model(ctx)
+    client = tracking.connect(ctx.root)
+    run_id = read_json(ctx.paths.train_summary)["run_id"]
+    tracking.Run(client, run_id).set_tags(registry.decision_tags("register", decision))
     write_json(ctx.paths.registry_decision, decision)
     verb = "promoted to champion" if decision["promoted"] else "registered as challenger"
     say(f"register {ctx.task_name}: version {decision['version']} {verb} ({decision['reason']})")

@@ -43,7 +43,9 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -136,6 +138,18 @@ def suggest_hparams(trial: optuna.Trial, base: Hyperparams, space: dict[str, Dis
         else:
             drawn[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
     return Hyperparams.model_validate({**base.model_dump(), **drawn})
+
+
+def warm_start_params(hparams: Hyperparams, space: dict[str, Distribution]) -> dict[str, Any]:
+    """The searched hyperparameters of an earlier model that the current search space still
+    holds: the first trial of a warm-started study."""
+    chosen: dict[str, Any] = {}
+    for name, dist in space.items():
+        value = getattr(hparams, name)
+        inside = value in dist.choices if dist.choices is not None else dist.low <= value <= dist.high
+        if inside:
+            chosen[name] = value
+    return chosen
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
@@ -239,12 +253,15 @@ def worker_gone(trial: FrozenTrial, *, heartbeat: bool) -> bool:
 
     Only workers on this host can be checked; elsewhere the RDB heartbeat decides. A trial
     that recorded no worker is gone on the journal file (one host, and the gap between asking
-    for a trial and recording its worker is a few milliseconds); on an RDB storage the
-    heartbeat decides for it too.
+    for a trial and recording its worker is a few milliseconds). On an RDB storage such a
+    trial is gone once it is older than the heartbeat's grace period: a worker killed in that
+    gap may not have sent a heartbeat either, and would otherwise stay RUNNING for ever.
     """
     owner, me = trial.user_attrs.get("worker"), worker_identity()
     if not isinstance(owner, dict):
-        return not heartbeat
+        started = trial.datetime_start
+        age_s = (datetime.now() - started).total_seconds() if started else 0.0
+        return not heartbeat or age_s > GRACE_PERIOD_S
     if owner.get("token") == me["token"] or owner.get("host") != me["host"]:
         return False
     if owner.get("pid") == me["pid"]:
@@ -521,11 +538,14 @@ def run_study(
     workers: int = 1,
     on_trial_end: Callable[[FrozenTrial, int], None] | None = None,
     heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S),
+    warm_start: Hyperparams | None = None,
 ) -> StudyResult:
     """Run (or continue, or join) the study until it holds `tune.n_trials` finished trials.
 
     The study and its MLflow parent run exist before any worker starts, so there is one
     parent run; `workers=1` runs the trials in this process, more start spawned workers.
+    `warm_start` (the champion's hyperparameters, on retraining) becomes the first trial of
+    a new study.
     """
     if workers < 1:
         raise ModelyardError(f"workers must be 1 or more, got {workers}", "pass --workers N with N >= 1")
@@ -535,6 +555,10 @@ def run_study(
     shared = storage_url is not None or workers > 1
     study = load_study(study_name, storage, task, sampler_seed(seed, shared=shared))
     fail_stale_trials(study, client, experiment)
+    if warm_start is not None and not study.get_trials(deepcopy=False):
+        start = warm_start_params(warm_start, settings.search_space)
+        if start:
+            study.enqueue_trial(start)
     params = {
         "max_epochs_per_trial": settings.max_epochs,
         "pruner": settings.pruner,

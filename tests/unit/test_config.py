@@ -234,6 +234,9 @@ def target_encoder_on_multiclass(raw: dict) -> None:
         (lambda r: adult(r).update(metric="rmse"), ["metric 'rmse' is for regression"]),
         (lambda r: adult(r).update(loss="huber"), ["loss applies to regression tasks"]),
         (lambda r: r["tasks"].update({"Adult Copy": adult(r)}), ["task name 'Adult Copy'"]),
+        (lambda r: adult(r)["registry"].update(test="mcnemar"), ["'mcnemar' compares accuracy"]),
+        (lambda r: adult(r)["registry"].update(confidence=1.0), ["registry.confidence:", "less than 1"]),
+        (lambda r: adult(r)["registry"].update(min_improvement=-0.1), ["registry.min_improvement:"]),
     ],
     ids=[
         "target_missing",
@@ -253,6 +256,9 @@ def target_encoder_on_multiclass(raw: dict) -> None:
         "regression_metric_on_binary",
         "loss_on_classification",
         "bad_task_name",
+        "mcnemar_on_roc_auc",
+        "confidence_of_one",
+        "negative_min_improvement",
     ],
 )
 def test_inconsistent_task_is_a_clear_error(raw: dict, edit: Callable[[dict], None], fragments: list[str]) -> None:
