@@ -1,0 +1,85 @@
+"""Text to token ids for the LSTM: a vocabulary learned from the training texts only."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+from sklearn.exceptions import NotFittedError
+
+from modelyard.errors import ModelyardError
+
+TOKEN = re.compile(r"\w+|[^\w\s]")
+PAD, UNKNOWN = 0, 1
+
+
+class TextVectorizer:
+    """Texts -> right-padded int64 token ids (N, `max_length`) and lengths (N,).
+
+    Tokens are words (`\\w+`) and single punctuation marks. `vocabulary_` maps token -> id:
+    0 is "<pad>", 1 is "<unk>" (any token not in the vocabulary), then the training tokens
+    seen at least `min_freq` times, most frequent first, ties alphabetical, up to
+    `max_vocab` entries in all (the two reserved ones included), so
+    `len(vocabulary_)` is the `vocab_size` of `LSTMNet`. Longer texts keep their first
+    `max_length` tokens.
+    """
+
+    def __init__(self, max_vocab: int = 20000, max_length: int = 200, min_freq: int = 1, lowercase: bool = True):
+        self.max_vocab = max_vocab
+        self.max_length = max_length
+        self.min_freq = min_freq
+        self.lowercase = lowercase
+
+    def tokenize(self, text: str) -> list[str]:
+        """The tokens of one text."""
+        return TOKEN.findall(text.lower() if self.lowercase else text)
+
+    def fit(self, texts: Iterable[str]) -> TextVectorizer:
+        """Build `vocabulary_` from the training texts."""
+        if self.max_vocab < 3 or self.max_length < 1 or self.min_freq < 1:
+            raise ValueError("max_vocab must be >= 3, max_length >= 1 and min_freq >= 1")
+        texts = _as_texts(texts)
+        if not texts:
+            raise ModelyardError("there are no texts to learn a vocabulary from", "check the text column")
+        counts = Counter(token for text in texts for token in self.tokenize(text))
+        if not counts:
+            raise ModelyardError(
+                f"all {len(texts)} training texts are blank (no words or punctuation)", "check the text column"
+            )
+        kept = sorted((t for t, c in counts.items() if c >= self.min_freq), key=lambda t: (-counts[t], t))
+        tokens = ["<pad>", "<unk>", *kept[: self.max_vocab - 2]]
+        self.vocabulary_ = {token: i for i, token in enumerate(tokens)}
+        return self
+
+    def transform(self, texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """int64 ids (N, max_length), 0-padded on the right, and int64 lengths (N,)."""
+        if not hasattr(self, "vocabulary_"):
+            raise NotFittedError("TextVectorizer is not fitted yet; call fit(training_texts) first")
+        texts = _as_texts(texts)
+        ids = np.full((len(texts), self.max_length), PAD, dtype=np.int64)
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        for row, text in enumerate(texts):
+            tokens = self.tokenize(text)[: self.max_length]
+            ids[row, : len(tokens)] = [self.vocabulary_.get(t, UNKNOWN) for t in tokens]
+            lengths[row] = len(tokens)
+        return ids, lengths
+
+    def fit_transform(self, texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        texts = _as_texts(texts)
+        return self.fit(texts).transform(texts)
+
+
+def _as_texts(texts: Iterable[str]) -> list[str]:
+    """A list of strings; a missing value (None, NaN) or any other type is an error naming its row."""
+    if isinstance(texts, str):
+        raise ModelyardError("expected a list of texts, got one string", "wrap it in a list")
+    texts = list(texts)
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ModelyardError(
+                f"text {row} is {text!r} ({type(text).__name__}), not a string",
+                "fill missing texts with '' or drop those rows",
+            )
+    return texts
