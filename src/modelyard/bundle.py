@@ -1,8 +1,9 @@
 """The model bundle: fitted preprocessing + network + what is needed to rebuild both.
 
-A bundle turns raw rows (the columns of the source data, strings and numbers as read)
-into predictions. It is what evaluation scores, what the registry wraps as an MLflow
-pyfunc model, and it imports no MLflow.
+A bundle turns raw input into predictions: rows as the source file has them (tabular and
+text tasks), images (an array of any layout `as_image_layout` reads, or an image frame),
+or the history of a series (forecasts from every point of it). It is what evaluation
+scores, what the registry wraps as an MLflow pyfunc model, and it imports no MLflow.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from modelyard.config import Hyperparams, Problem, SchemaSettings
 from modelyard.data.sources import conform
 from modelyard.errors import ModelyardError
-from modelyard.features import TabularPreprocessor, TargetCodec
+from modelyard.features import Preprocessor, TargetCodec
 from modelyard.files import atomic_path
 from modelyard.models import build_model
 from modelyard.training import predict
@@ -28,6 +29,7 @@ from modelyard.training import predict
 FORMAT_VERSION = 1
 REFERENCE_FILE = "reference.parquet"
 REFERENCE_ROWS = 5000
+IMAGE_COLUMNS = ("pixels", "height", "width", "channels")
 
 
 @dataclass
@@ -37,26 +39,42 @@ class ModelBundle:
     hparams: Hyperparams
     schema: SchemaSettings
     target: str
-    preprocessor: TabularPreprocessor
-    codec: TargetCodec
+    preprocessor: Preprocessor
+    codec: TargetCodec | None  # None for forecasting: the preprocessor makes the targets
     network: nn.Module
     reference: pd.DataFrame | None = None  # a sample of the training rows, for drift checks
+    kind: str = "tabular"
 
     @property
     def input_columns(self) -> list[str]:
+        """The raw columns the model reads."""
+        if self.kind == "images":
+            return list(IMAGE_COLUMNS)
+        if self.kind == "text":
+            return [self.preprocessor.column]
+        if self.kind == "series":
+            return [self.preprocessor.time, *self.preprocessor.columns]
         return [c for c in self.schema.columns if c != self.target]
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Raw rows in, a frame out: `probability` and `label` (binary: probability of the
+    def predict(self, data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """Raw input in, a frame out: `probability` and `label` (binary: probability of the
         positive class; multiclass: of the predicted label, plus `prob_<class>` columns),
-        or `prediction` (regression)."""
+        `prediction` (regression), or for a series `origin`, `time`, `step` and one column
+        per target (a forecast from each point of the history given)."""
+        if isinstance(data, np.ndarray) and self.kind == "images":
+            return self._decode(predict(self.network, self.preprocessor.transform(data), self.problem))
+        frame = pd.DataFrame(data) if not isinstance(data, pd.DataFrame) else data
         missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
             raise ModelyardError(
                 f"input lacks column(s) {', '.join(missing)}", f"the model expects: {', '.join(self.input_columns)}"
             )
         rows = conform(frame[self.input_columns], self.schema)
-        output = predict(self.network, self.preprocessor.transform(rows), self.problem)
+        if self.kind == "series":
+            return self.preprocessor.forecast(rows, lambda x: predict(self.network, x, "regression"))
+        return self._decode(predict(self.network, self.preprocessor.transform(rows), self.problem))
+
+    def _decode(self, output: np.ndarray) -> pd.DataFrame:
         if self.problem == "regression":
             return pd.DataFrame({"prediction": self.codec.decode_values(output)})
         classes = np.asarray(self.codec.classes_, dtype=object)
@@ -79,10 +97,12 @@ class ModelBundle:
                 "family": self.family,
                 "problem": self.problem,
                 "target": self.target,
+                "kind": self.kind,
                 "hparams": self.hparams.model_dump(),
                 "schema": self.schema.model_dump(mode="json"),
-                "n_inputs": self.preprocessor.n_features_out_,
-                "n_outputs": n_outputs(self.problem, self.codec),
+                "input_shape": list(self.preprocessor.input_shape_),
+                "vocab_size": getattr(self.preprocessor, "vocab_size_", None),
+                "n_outputs": n_outputs(self.problem, self.codec, self.preprocessor),
             }
             (temporary / "meta.json").write_text(json.dumps(meta, indent=2))
             if self.reference is not None:
@@ -98,7 +118,8 @@ class ModelBundle:
             with open(directory / "preprocessing.pkl", "rb") as handle:
                 parts = pickle.load(handle)
             hparams = Hyperparams.model_validate(meta["hparams"])
-            network = build_model(meta["family"], meta["n_inputs"], meta["n_outputs"], hparams)
+            shape = tuple(meta.get("input_shape") or [meta["n_inputs"]])
+            network = build_model(meta["family"], shape, meta["n_outputs"], hparams, meta.get("vocab_size"))
             network.load_state_dict(torch.load(directory / "network.pt", map_location="cpu", weights_only=True))
             reference_path = directory / REFERENCE_FILE
             reference = pd.read_parquet(reference_path) if reference_path.exists() else None
@@ -118,11 +139,15 @@ class ModelBundle:
             codec=parts["codec"],
             network=network,
             reference=reference,
+            kind=meta.get("kind", "tabular"),
         )
 
 
-def n_outputs(problem: Problem, codec: TargetCodec) -> int:
-    """Width of the network's last layer: one logit for binary and regression, one per class otherwise."""
+def n_outputs(problem: Problem, codec: TargetCodec | None, preprocessor: Preprocessor) -> int:
+    """Width of the network's last layer: one logit for binary and regression, one per class
+    for multiclass, horizon x targets for forecasting."""
+    if hasattr(preprocessor, "n_outputs_"):
+        return preprocessor.n_outputs_
     return len(codec.classes_) if problem == "multiclass" else 1
 
 

@@ -50,7 +50,7 @@ class Frozen(BaseModel):
 class ColumnSchema(Frozen):
     """What one column of the raw data must look like."""
 
-    type: Literal["integer", "number", "category"]
+    type: Literal["integer", "number", "category", "text", "datetime"]
     min: float | None = None
     max: float | None = None
     categories: tuple[str, ...] | None = None
@@ -60,8 +60,8 @@ class ColumnSchema(Frozen):
     def _check(self) -> ColumnSchema:
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
-        if self.type == "category" and (self.min is not None or self.max is not None):
-            raise ValueError("min/max apply to numeric columns, not to a category column")
+        if self.type in ("category", "text", "datetime") and (self.min is not None or self.max is not None):
+            raise ValueError(f"min/max apply to numeric columns, not to a {self.type} column")
         if self.type != "category" and self.categories is not None:
             raise ValueError("categories apply to category columns only")
         return self
@@ -78,33 +78,67 @@ class RowBounds(Frozen):
         return self
 
 
+class ImageShape(Frozen):
+    """The size every image of an image task must have (validate checks it)."""
+
+    height: int | None = Field(None, ge=1)
+    width: int | None = Field(None, ge=1)
+    channels: int | None = Field(None, ge=1, le=4)
+
+
 class SchemaSettings(Frozen):
-    """The declared shape of a task's raw data; validation checks it, featurize uses it."""
+    """The declared shape of a task's raw data; validation checks it, featurize uses it.
+
+    `image` is the image size of an image task; `time` names a series' datetime column
+    (values must increase) and `frequency` its step (a pandas alias; default: inferred).
+    """
 
     columns: dict[str, ColumnSchema]
     rows: RowBounds = RowBounds()
+    image: ImageShape | None = None
+    time: str | None = None
+    frequency: str | None = None
 
     def names(self, kind: str) -> list[str]:
-        """Column names of one kind: 'category' or 'numeric'."""
-        if kind == "category":
-            return [n for n, c in self.columns.items() if c.type == "category"]
-        return [n for n, c in self.columns.items() if c.type != "category"]
+        """Column names of one kind: 'category', 'numeric', 'text' or 'datetime'."""
+        if kind == "numeric":
+            return [n for n, c in self.columns.items() if c.type in ("integer", "number")]
+        return [n for n, c in self.columns.items() if c.type == kind]
+
+
+TABLE_SUFFIXES = {".csv", ".parquet", ".pq"}
+ARRAY_SUFFIXES = {".npz", ".npy"}
 
 
 class SourceSettings(Frozen):
-    """Where a task's data comes from: a built-in dataset or a CSV / Parquet file."""
+    """Where a task's data comes from: a built-in dataset, a CSV / Parquet table, or for
+    image tasks an image folder (one subfolder per class), a .npz / .npy array file or an
+    IDX file (plain or .gz) with its `labels` file."""
 
-    builtin: Literal["adult"] | None = None
+    builtin: Literal["adult", "digits", "mnist", "co2"] | None = None
     path: str | None = None
+    labels: str | None = None  # the labels file of a .npy or IDX images file
     na_values: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _one_of(self) -> SourceSettings:
         if (self.builtin is None) == (self.path is None):
-            raise ValueError("give exactly one of 'builtin' (a dataset name) or 'path' (a .csv or .parquet file)")
-        if self.path is not None and Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
-            raise ValueError(f"path {self.path!r} must end in .csv or .parquet")
+            raise ValueError("give exactly one of 'builtin' (a dataset name) or 'path' (a file or folder)")
+        if self.labels is not None and self.path is None:
+            raise ValueError("labels goes with path (an IDX or .npy images file)")
+        if self.path is not None:
+            name = Path(self.path).name.lower()
+            known = Path(name).suffix in TABLE_SUFFIXES | ARRAY_SUFFIXES | {"", ".gz"} or "ubyte" in name
+            if not known:
+                raise ValueError(
+                    f"path {self.path!r} must be a .csv or .parquet table, or for an image task a folder, "
+                    "a .npz / .npy file or an IDX file"
+                )
         return self
+
+    @property
+    def is_table(self) -> bool:
+        return self.path is not None and Path(self.path).suffix.lower() in TABLE_SUFFIXES
 
 
 class SplitSettings(Frozen):
@@ -113,8 +147,32 @@ class SplitSettings(Frozen):
     stratify: bool = True
 
 
+class SeriesSettings(Frozen):
+    """Forecasting windows: `window` steps of every numeric column predict the next
+    `horizon` steps of `targets` (default: the task's target)."""
+
+    targets: tuple[str, ...] = ()
+    window: int = Field(52, ge=2)
+    horizon: int = Field(1, ge=1)
+    season: int = Field(1, ge=1)  # the seasonal-naive baseline repeats the value `season` steps back
+
+
+class TextSettings(Frozen):
+    """Text classification: a tokenizer and vocabulary fitted on the training split."""
+
+    column: str
+    max_vocab: int = Field(20000, ge=3)
+    max_length: int = Field(200, ge=1)
+    min_freq: int = Field(1, ge=1)
+    lowercase: bool = True
+
+
 class FeatureSettings(Frozen):
-    """Encoders per categorical column, numeric imputation and scaling."""
+    """Tabular tasks: encoders per categorical column, numeric imputation and scaling.
+    LSTM tasks: `series` (forecasting windows) or `text` (tokenizer)."""
+
+    series: SeriesSettings | None = None
+    text: TextSettings | None = None
 
     default_encoder: EncoderName = "onehot"
     encoders: dict[str, EncoderName] = {}
@@ -142,6 +200,27 @@ class Hyperparams(Frozen):
     units: int = Field(128, ge=1)
     activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "elu"] = "relu"
     batch_norm: bool = False
+    # CNN: conv-conv-pool blocks, filters doubling block by block, then a dense head.
+    n_blocks: int = Field(2, ge=1, le=6)
+    filters: int = Field(32, ge=1)
+    kernel_size: int = Field(3, ge=1)
+    dense_units: int = Field(128, ge=1)
+    # LSTM: `n_layers` stacked layers of `hidden_size`; text tasks embed tokens first.
+    hidden_size: int = Field(64, ge=1)
+    bidirectional: bool = False
+    embed_dim: int = Field(64, ge=1)
+    # Image augmentation of training batches: random shifts (pixels), rotations (degrees),
+    # horizontal flips (only where a mirrored image keeps its label).
+    max_shift: int = Field(0, ge=0)
+    max_degrees: float = Field(0.0, ge=0.0, le=180.0)
+    flip: bool = False
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd_kernel(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (3, 5, ...), got {value}")
+        return value
 
 
 class Distribution(Frozen):
@@ -229,7 +308,7 @@ class TaskSettings(Frozen):
     source: SourceSettings
     target: str
     problem: Problem
-    family: Literal["ann"] = "ann"
+    family: Literal["ann", "cnn", "lstm"] = "ann"
     positive_label: str | None = None
     metric: Literal["accuracy", "loss", "rmse", "mae"] | None = None
     loss: Literal["auto", "mse", "mae", "huber"] = "auto"
@@ -282,9 +361,57 @@ class TaskSettings(Frozen):
             )
         if "woe" in used and self.problem != "binary":
             raise ValueError("the woe encoder needs a binary target")
+        self._check_family()
         if self.registry.test == "mcnemar" and self.promotion_metric != "test_accuracy":
             raise ValueError("registry.test 'mcnemar' compares accuracy: set registry.metric: accuracy")
         return self
+
+    def _check_family(self) -> None:
+        """The family, its data settings, the problem type and the source fit together."""
+        sections = [name for name in ("series", "text") if getattr(self.features, name) is not None]
+        if self.family != "lstm" and sections:
+            raise ValueError(f"features.{sections[0]} goes with family 'lstm', not {self.family!r}")
+        if self.family == "lstm" and len(sections) != 1:
+            raise ValueError("family 'lstm' needs one of features.series (forecasting) or features.text")
+        if self.schema_.image is not None and self.family != "cnn":
+            raise ValueError("schema.image goes with family 'cnn'")
+        builtin_family = {"adult": "ann", "digits": "cnn", "mnist": "cnn", "co2": "lstm"}
+        if self.source.builtin and builtin_family[self.source.builtin] != self.family:
+            raise ValueError(
+                f"the built-in {self.source.builtin!r} dataset goes with family {builtin_family[self.source.builtin]!r}"
+            )
+        if self.family != "ann" and not self.source.is_table and self.source.path and self.kind != "images":
+            raise ValueError("image folders, arrays and IDX files are sources for family 'cnn'")
+        columns = self.schema_.columns
+        if self.kind in ("images", "text") and self.problem == "regression":
+            raise ValueError(f"a {self.kind} task classifies: use problem binary or multiclass")
+        if self.kind == "series":
+            time = self.schema_.time
+            if self.problem != "regression":
+                raise ValueError("a forecasting (series) task has problem: regression")
+            if time is None or time not in columns or columns[time].type != "datetime":
+                raise ValueError("a forecasting task needs schema.time: a datetime column in schema.columns")
+            for name in self.forecast_targets:
+                if name not in columns or columns[name].type not in ("integer", "number"):
+                    raise ValueError(f"series target {name!r} must be a numeric column in schema.columns")
+        text = self.features.text
+        if text is not None and (text.column not in columns or columns[text.column].type != "text"):
+            raise ValueError(f"features.text.column {text.column!r} must be a text column in schema.columns")
+
+    @property
+    def kind(self) -> Literal["tabular", "images", "series", "text"]:
+        """What the rows are: tabular (ann), images (cnn), a series to forecast or texts (lstm)."""
+        if self.family == "ann":
+            return "tabular"
+        if self.family == "cnn":
+            return "images"
+        return "series" if self.features.series is not None else "text"
+
+    @property
+    def forecast_targets(self) -> tuple[str, ...]:
+        """The series columns a forecasting task predicts (the target unless features.series.targets names more)."""
+        series = self.features.series
+        return (series.targets or (self.target,)) if series is not None else ()
 
     @property
     def monitor(self) -> str:

@@ -80,12 +80,13 @@ def category_drift(column: str, reference: pd.Series, current: pd.Series) -> Col
 
 
 def drift_report(reference: pd.DataFrame, current: pd.DataFrame, schema: SchemaSettings) -> list[ColumnDrift]:
-    """Drift of every schema column present in both frames, most drifted first."""
-    category = set(schema.names("category"))
+    """Drift of every numeric and category schema column present in both frames, most
+    drifted first (text and time columns have no distribution to compare this way)."""
+    category, numeric = set(schema.names("category")), set(schema.names("numeric"))
     found = [
         (category_drift if name in category else numeric_drift)(name, reference[name], current[name])
         for name in schema.columns
-        if name in reference.columns and name in current.columns
+        if name in category | numeric and name in reference.columns and name in current.columns
     ]
     return sorted(found, key=lambda d: d.psi, reverse=True)
 

@@ -21,7 +21,7 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(LOWER_IS_BETTER)
 
 
-REGRESSION_METRICS = ("rmse", "mae", "r2")
+REGRESSION_METRICS = ("rmse", "mae", "mape", "r2")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss", "roc_auc")
 
 
@@ -40,6 +40,10 @@ def metric_value(problem: Problem, name: str, y_true: np.ndarray, output: np.nda
     if problem == "regression":
         if name == "rmse":
             return float(np.sqrt(skm.mean_squared_error(y_true, output)))
+        if name == "mape":  # percent, over the rows whose true value is not 0
+            nonzero = np.asarray(y_true) != 0
+            errors = np.abs((np.asarray(output) - y_true)[nonzero] / np.asarray(y_true)[nonzero])
+            return float(100 * errors.mean()) if nonzero.any() else float("nan")
         return float(skm.mean_absolute_error(y_true, output) if name == "mae" else skm.r2_score(y_true, output))
     binary = problem == "binary"
     n_classes = 2 if binary else output.shape[1]
@@ -59,7 +63,8 @@ def metric_value(problem: Problem, name: str, y_true: np.ndarray, output: np.nda
 def compute_metrics(
     problem: Problem, y_true: np.ndarray, output: np.ndarray, prefix: str = "test_"
 ) -> dict[str, float]:
-    """Classification: accuracy, precision, recall, F1, ROC-AUC, log loss; regression: RMSE, MAE, R2.
+    """Classification: accuracy, precision, recall, F1, ROC-AUC, log loss; regression: RMSE,
+    MAE, MAPE (percent), R2.
 
     `y_true` holds class indices (classification) or values; `output` holds the model's
     probabilities (positive class for binary, one column per class for multiclass) or values.

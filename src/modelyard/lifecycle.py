@@ -29,7 +29,7 @@ import pandas as pd
 from modelyard import registry, tracking
 from modelyard.config import Settings, SourceSettings
 from modelyard.console import say
-from modelyard.data.sources import conform, frame_hash, read_source, read_table
+from modelyard.data.sources import frame_hash, read_table, read_task_frame
 from modelyard.errors import ModelyardError
 from modelyard.files import atomic_path, write_json
 from modelyard.stages import STAGES, Context, register_model, tune
@@ -117,7 +117,7 @@ def input_versions(ctx: Context) -> dict[str, str]:
     The source's location is left out of the params: the same rows under a new file name
     (a dated drop folder) are the same data.
     """
-    frame = conform(read_source(ctx.task.source, ctx.root), ctx.task.schema_)
+    frame = read_task_frame(ctx.task, ctx.root)
     params = {"seed": ctx.settings.seed, "task": ctx.task.model_dump(mode="json", by_alias=True, exclude={"source"})}
     return {
         "data": frame_hash(frame),

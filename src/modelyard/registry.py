@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -56,9 +57,9 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         return self.bundle.predict(model_input)
 
 
-def log_bundle(run_id: str, bundle_dir: Path, bundle: ModelBundle, sample: pd.DataFrame) -> str:
-    """Log the bundle as the run's pyfunc model, with signature and input example; returns its URI."""
-    example = sample[bundle.input_columns].head(5)
+def log_bundle(run_id: str, bundle_dir: Path, bundle: ModelBundle, example: pd.DataFrame | np.ndarray) -> str:
+    """Log the bundle as the run's pyfunc model, with signature and input example (a few raw
+    inputs); returns its URI."""
     signature = infer_signature(example, bundle.predict(example))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(

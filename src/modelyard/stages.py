@@ -20,7 +20,7 @@ import pandas as pd
 
 from modelyard.config import Hyperparams, Settings, TaskSettings
 from modelyard.console import Progress, say
-from modelyard.data.sources import conform, frame_hash, read_source
+from modelyard.data.sources import frame_hash, read_task_frame
 from modelyard.errors import ModelyardError
 from modelyard.files import atomic_path, read_json, write_json
 from modelyard.paths import TaskPaths
@@ -63,7 +63,7 @@ class Context:
 
 def ingest(ctx: Context) -> None:
     """Read the task's source into data/<task>/raw.parquet and record its size and hash."""
-    frame = conform(read_source(ctx.task.source, ctx.root), ctx.task.schema_)
+    frame = read_task_frame(ctx.task, ctx.root)
     with atomic_path(ctx.paths.raw) as temporary:
         frame.to_parquet(temporary, index=False)
     summary = {"rows": len(frame), "columns": frame.shape[1], "sha256": frame_hash(frame)}
@@ -85,15 +85,18 @@ def validate(ctx: Context) -> None:
 
 def split(ctx: Context) -> None:
     """Seeded train / validation / test split of validated data."""
-    from modelyard.data.splitting import split_frame
+    from modelyard.data.splitting import split_frame, split_series
 
     if not read_json(ctx.need(ctx.paths.validation_summary, "validate")).get("success"):
         raise ModelyardError(f"the data of task {ctx.task_name} failed validation", "see data/<task>/validation.json")
     frame = pd.read_parquet(ctx.need(ctx.paths.raw, "ingest"))
     task = ctx.task
-    parts = split_frame(
-        frame, task.target, task.split, classification=task.problem != "regression", seed=ctx.settings.seed
-    )
+    if task.kind == "series":
+        parts = split_series(frame, task.schema_.time, task.split)
+    else:
+        parts = split_frame(
+            frame, task.target, task.split, classification=task.problem != "regression", seed=ctx.settings.seed
+        )
     with atomic_path(ctx.paths.split_dir) as temporary:
         temporary.mkdir()
         for name, part in zip(SPLITS, parts, strict=True):
@@ -108,20 +111,53 @@ def featurize(ctx: Context) -> None:
     task = ctx.task
     frames = {part: ctx.read_split(part) for part in SPLITS}
     train = frames["train"]
-    classes = list(task.schema_.columns[task.target].categories or []) or None
-    codec = TargetCodec(task.problem, classes=classes, positive_label=task.positive_label).fit(train[task.target])
-    preprocessor = build_preprocessor(task, seed=ctx.settings.seed).fit(
-        train.drop(columns=[task.target]), codec.encode(train[task.target])
-    )
+    preprocessor = build_preprocessor(task, seed=ctx.settings.seed)
     arrays: dict[str, np.ndarray] = {}
-    for part, frame in frames.items():
-        arrays[f"x_{part}"] = preprocessor.transform(frame.drop(columns=[task.target]))
-        arrays[f"y_{part}"] = codec.encode(frame[task.target])
+    codec = None
+    if task.kind == "series":
+        preprocessor.fit(train)
+        history = series_history(frames, task.schema_.time)
+        for part, frame in frames.items():
+            times = frame[task.schema_.time]
+            x, y = preprocessor.windows(history, times.min(), times.max())
+            if len(x) == 0:
+                raise ModelyardError(
+                    f"the {part} period ({len(frame)} steps) holds no complete window of "
+                    f"{task.features.series.window} + {task.features.series.horizon} observed steps",
+                    "use a longer series, a shorter series.window or horizon, or a larger split fraction",
+                )
+            arrays[f"x_{part}"], arrays[f"y_{part}"] = x, y
+    else:
+        classes = list(task.schema_.columns[task.target].categories or []) or None
+        codec = TargetCodec(task.problem, classes=classes, positive_label=task.positive_label).fit(train[task.target])
+        preprocessor.fit(train.drop(columns=[task.target]), codec.encode(train[task.target]))
+        for part, frame in frames.items():
+            arrays[f"x_{part}"] = preprocessor.transform(frame.drop(columns=[task.target]))
+            arrays[f"y_{part}"] = codec.encode(frame[task.target])
     with atomic_path(ctx.paths.features) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, **arrays)
     with atomic_path(ctx.paths.preprocessor) as temporary, open(temporary, "wb") as handle:
         pickle.dump({"preprocessor": preprocessor, "codec": codec}, handle)
-    say(f"featurize {ctx.task_name}: {preprocessor.n_features_out_} features")
+    shape = " x ".join(str(n) for n in preprocessor.input_shape_)
+    say(f"featurize {ctx.task_name}: {len(arrays['x_train'])} training samples of shape {shape}")
+
+
+def series_history(frames: dict[str, pd.DataFrame], time: str) -> pd.DataFrame:
+    """The whole series again from its split parts, in time order (val and test windows
+    look back into the periods before them)."""
+    return pd.concat(frames.values(), ignore_index=True).sort_values(time, ignore_index=True)
+
+
+def network_size(task: TaskSettings, preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """What sizes the network beyond the input shape: outputs, vocabulary, target scale."""
+    from modelyard.bundle import n_outputs
+
+    preprocessor, codec = preprocessing["preprocessor"], preprocessing["codec"]
+    return {
+        "n_outputs": n_outputs(task.problem, codec, preprocessor),
+        "vocab_size": getattr(preprocessor, "vocab_size_", None),
+        "target_scale": getattr(preprocessor, "target_scale_", getattr(codec, "scale_", 1.0)),
+    }
 
 
 def _load_arrays(ctx: Context) -> dict[str, np.ndarray]:
@@ -142,15 +178,12 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
     (retraining passes the champion's) are the first trial of a new study.
     """
     from modelyard import tracking
-    from modelyard.bundle import n_outputs
     from modelyard.tuning import Arrays, describe_trial, run_study, storage_label, study_fingerprint
 
     task = ctx.task
     arrays = _load_arrays(ctx)
-    codec = _load_preprocessing(ctx)["codec"]
-    features = Arrays(
-        arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], n_outputs(task.problem, codec)
-    )
+    size = network_size(task, _load_preprocessing(ctx))
+    features = Arrays(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], **size)
     client = tracking.connect(ctx.root)
     experiment = tracking.experiment_id(client, ctx.root, ctx.task_name)
     name = f"{ctx.task_name}-{study_fingerprint(tracking.file_md5(ctx.paths.features), task, ctx.settings.seed)}"
@@ -210,7 +243,7 @@ def _reference_sample(train: pd.DataFrame, seed: int) -> pd.DataFrame:
 def train(ctx: Context) -> None:
     """Train the final model with the best hyperparameters; save the bundle and log it to MLflow."""
     from modelyard import registry, tracking
-    from modelyard.bundle import ModelBundle, n_outputs
+    from modelyard.bundle import ModelBundle
     from modelyard.models import build_model
     from modelyard.training import FitOptions, fit
 
@@ -219,17 +252,16 @@ def train(ctx: Context) -> None:
     preprocessing = _load_preprocessing(ctx)
     hparams = Hyperparams.model_validate(read_json(ctx.need(ctx.paths.best_params, "tune"))["hparams"])
     codec = preprocessing["codec"]
-    network = build_model(task.family, arrays["x_train"].shape[1], n_outputs(task.problem, codec), hparams)
-    options = FitOptions(
-        problem=task.problem,
-        monitor=task.monitor,
+    size = network_size(task, preprocessing)
+    shape = arrays["x_train"].shape[1:]
+    network = build_model(task.family, shape, size["n_outputs"], hparams, size["vocab_size"])
+    options = FitOptions.for_task(
+        task,
         max_epochs=task.train.max_epochs,
         patience=task.train.patience,
-        grad_clip=task.train.grad_clip,
-        loss=task.loss,
         seed=ctx.settings.seed,
         device=ctx.settings.device,
-        target_scale=getattr(codec, "scale_", 1.0),
+        target_scale=size["target_scale"],
     )
     client = tracking.connect(ctx.root)
     experiment = tracking.experiment_id(client, ctx.root, ctx.task_name)
@@ -262,12 +294,13 @@ def train(ctx: Context) -> None:
             codec=codec,
             network=network,
             reference=_reference_sample(ctx.read_split("train"), ctx.settings.seed),
+            kind=task.kind,
         )
         # Logged from a staging folder that replaces the old model only once MLflow has it:
         # a failure or kill while logging leaves the previous model in place.
         with atomic_path(ctx.paths.model_dir) as staging:
             bundle.save(staging)
-            model_uri = registry.log_bundle(run.run_id, staging, bundle, ctx.read_split("val"))
+            model_uri = registry.log_bundle(run.run_id, staging, bundle, input_example(ctx))
         run.log_metrics({f"best_{k}": v for k, v in result.best_metrics.items()} | {"best_epoch": result.best_epoch})
     except BaseException:
         run.finish("FAILED")
@@ -284,34 +317,79 @@ def train(ctx: Context) -> None:
     )
 
 
-def _true_targets(task: TaskSettings, codec, frame: pd.DataFrame) -> np.ndarray:
-    """Class indices (classification) or values in target units (regression)."""
-    return codec.encode(frame[task.target]) if task.problem != "regression" else frame[task.target].to_numpy(float)
+def model_input(task: TaskSettings, frame: pd.DataFrame) -> pd.DataFrame | np.ndarray:
+    """What a model is given for a frame of split rows: the rows, or for images the image
+    array (the registered model's input is images, not encoded pixel bytes)."""
+    if task.kind == "images":
+        from modelyard.data.images import frame_images
+
+        return frame_images(frame)
+    return frame
 
 
-def score_predictions(task: TaskSettings, codec, frame: pd.DataFrame, predictions: pd.DataFrame) -> dict[str, float]:
-    """Test metrics of a prediction frame against the frame's true targets."""
+def input_example(ctx: Context) -> pd.DataFrame | np.ndarray:
+    """A few raw inputs for the registered model's signature and example: validation rows,
+    images, or for a series two windows of history."""
+    task = ctx.task
+    if task.kind == "series":
+        frames = {part: ctx.read_split(part) for part in SPLITS}
+        return series_history(frames, task.schema_.time).tail(2 * task.features.series.window)
+    columns = [c for c in ctx.read_split("val").columns if c != task.target]
+    return model_input(task, ctx.read_split("val")[columns].head(5))
+
+
+def test_outputs(ctx: Context, predict: Callable[[Any], pd.DataFrame], codec) -> tuple[np.ndarray, np.ndarray]:
+    """True targets and a model's outputs on the test split, as metrics take them.
+
+    `predict` is a bundle's or a registered model's `predict`, so the challenger and the
+    champion are scored on exactly the same rows. A series model forecasts from every point
+    of the whole history; the forecasts of observed test-period values are scored.
+    """
     from modelyard.bundle import prediction_outputs
-    from modelyard.evaluation import compute_metrics
 
-    outputs = prediction_outputs(predictions, task.problem, getattr(codec, "classes_", []))
-    return compute_metrics(task.problem, _true_targets(task, codec, frame), outputs)
+    task = ctx.task
+    test = ctx.read_split("test")
+    if task.kind == "series":
+        frames = {part: ctx.read_split(part) for part in SPLITS}
+        return forecast_pairs(task, test, predict(series_history(frames, task.schema_.time)))
+    predictions = predict(model_input(task, test))
+    regression = task.problem == "regression"
+    truth = test[task.target].to_numpy(float) if regression else codec.encode(test[task.target])
+    return truth, prediction_outputs(predictions, task.problem, getattr(codec, "classes_", []))
+
+
+def forecast_pairs(task: TaskSettings, test: pd.DataFrame, forecasts: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(observed, forecast) values for every forecast step that lands on an observed test
+    value, all targets flattened, in the forecasts' order."""
+    time, targets = task.schema_.time, list(task.forecast_targets)
+    observed = test[[time, *targets]].rename(columns={time: "time"}).astype({"time": "datetime64[ns]"})
+    forecasts = forecasts.astype({"time": "datetime64[ns]"})
+    pairs = forecasts.merge(observed, on="time", suffixes=("", "__observed")).dropna(
+        subset=[f"{t}__observed" for t in targets]
+    )
+    return pairs[[f"{t}__observed" for t in targets]].to_numpy(float).ravel(), pairs[targets].to_numpy(float).ravel()
 
 
 def evaluate(ctx: Context) -> None:
-    """Score the trained bundle on the held-out test split: metrics, plots, MLflow."""
+    """Score the trained bundle on the held-out test split: metrics, plots, MLflow.
+
+    A forecasting task also reports the seasonal-naive baseline on the same steps
+    (`test_naive_*`) and `test_rmse_vs_naive`, below 1 when the network is the better bet.
+    """
     from modelyard import tracking
-    from modelyard.bundle import ModelBundle, prediction_outputs
-    from modelyard.evaluation import curve_tables, plot_tables
+    from modelyard.bundle import ModelBundle
+    from modelyard.evaluation import compute_metrics, curve_tables, plot_tables
 
     task = ctx.task
     bundle = ModelBundle.load(ctx.need(ctx.paths.model_dir, "train"))
-    test = ctx.read_split("test")
-    predictions = bundle.predict(test)
-    metrics = score_predictions(task, bundle.codec, test, predictions)
+    truth, outputs = test_outputs(ctx, bundle.predict, bundle.codec)
+    metrics = compute_metrics(task.problem, truth, outputs)
+    if task.kind == "series":
+        naive = test_outputs(ctx, lambda history: bundle.preprocessor.forecast(history, None), None)
+        metrics |= compute_metrics("regression", *naive, prefix="test_naive_")
+        metrics["test_rmse_vs_naive"] = metrics["test_rmse"] / metrics["test_naive_rmse"]
     classes = getattr(bundle.codec, "classes_", [])
-    outputs = prediction_outputs(predictions, task.problem, classes)
-    tables = curve_tables(task.problem, _true_targets(task, bundle.codec, test), outputs, classes)
+    tables = curve_tables(task.problem, truth, outputs, classes)
     write_json(ctx.paths.metrics, metrics)
     with atomic_path(ctx.paths.plots_dir) as temporary:
         temporary.mkdir()
@@ -334,7 +412,7 @@ def register_model(ctx: Context) -> dict[str, Any]:
     loaded or scored.
     """
     from modelyard import registry, tracking
-    from modelyard.bundle import ModelBundle, prediction_outputs
+    from modelyard.bundle import ModelBundle
     from modelyard.promotion import compare
 
     task = ctx.task
@@ -347,22 +425,22 @@ def register_model(ctx: Context) -> dict[str, Any]:
             f"metric {metric} was not computed for task {ctx.task_name}",
             f"set tasks.{ctx.task_name}.registry.metric to one of: {known}",
         )
-    test = ctx.read_split("test")
     bundle = ModelBundle.load(ctx.need(ctx.paths.model_dir, "train"))
-    classes = getattr(bundle.codec, "classes_", [])
-    truth = _true_targets(task, bundle.codec, test)
-    challenger = prediction_outputs(bundle.predict(test), task.problem, classes)
+    truth, challenger = test_outputs(ctx, bundle.predict, bundle.codec)
 
     def judge(champion_uri: str):
         try:
-            champion = prediction_outputs(registry.load_champion(ctx.task_name).predict(test), task.problem, classes)
+            champion = registry.load_champion(ctx.task_name)
+            truth_again, outputs = test_outputs(ctx, champion.predict, bundle.codec)
+            if len(truth_again) != len(truth):
+                raise ValueError(f"it scored {len(truth_again)} test values, the new model {len(truth)}")
         except Exception as exc:
             raise ModelyardError(
                 f"the current champion {champion_uri} cannot be loaded or scored ({type(exc).__name__}: {exc})",
                 "the champion alias was left unchanged; point it at a working version in the MLflow UI, "
                 "or delete the alias to let the next model take it",
             ) from None
-        return compare(task.problem, metric, truth, challenger, champion, task.registry, seed=ctx.settings.seed)
+        return compare(task.problem, metric, truth, challenger, outputs, task.registry, seed=ctx.settings.seed)
 
     client = tracking.connect(ctx.root)
     return registry.register(

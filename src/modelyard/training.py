@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelyard.config import Hyperparams, Problem
+from modelyard.config import Hyperparams, Problem, TaskSettings
 from modelyard.evaluation import lower_is_better
+from modelyard.features.augment import ImageAugmenter
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 EVAL_BATCH = 8192
@@ -43,6 +44,23 @@ class FitOptions:
     seed: int = 0
     device: str = "auto"
     target_scale: float = 1.0  # regression: multiplies val_rmse / val_mae back to target units
+
+    @classmethod
+    def for_task(
+        cls, task: TaskSettings, *, max_epochs: int, patience: int, seed: int, device: str, target_scale: float = 1.0
+    ) -> FitOptions:
+        """The options a task's settings imply (tuning and training differ only in the epochs)."""
+        return cls(
+            problem=task.problem,
+            monitor=task.monitor,
+            max_epochs=max_epochs,
+            patience=patience,
+            grad_clip=task.train.grad_clip,
+            loss=task.loss,
+            seed=seed,
+            device=device,
+            target_scale=target_scale,
+        )
 
 
 @dataclass
@@ -114,7 +132,12 @@ def fit(
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
     model.to(device)
+    if device.type == "cuda" and np.ndim(train[0]) == 4:
+        model.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
     x_train = torch.as_tensor(train[0], dtype=torch.float32, device=device)
+    augment = None  # image batches only; validation images are never augmented
+    if x_train.dim() == 4 and (hparams.max_shift or hparams.max_degrees or hparams.flip):
+        augment = ImageAugmenter(hparams.max_shift, hparams.max_degrees, hparams.flip)
     y_train = as_target(train[1], options.problem, device)
     x_val = torch.as_tensor(val[0], dtype=torch.float32, device=device)
     y_val = as_target(val[1], options.problem, device)
@@ -136,8 +159,9 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
+            inputs = x_train[index] if augment is None else augment(x_train[index], generator)
             with autocast:
-                loss = criterion(_output(model(x_train[index]), options.problem), y_train[index])
+                loss = criterion(_output(model(inputs), options.problem), y_train[index])
                 if hparams.l1 > 0:
                     loss = loss + hparams.l1 * sum(w.abs().sum() for w in linear_weights)
             optimizer.zero_grad(set_to_none=True)
@@ -175,6 +199,12 @@ def fit(
     return FitResult(best_epoch=best_epoch, best_metrics=history[best_epoch], history=history)
 
 
+def eval_batch(shape: tuple[int, ...]) -> int:
+    """Rows per evaluation batch: EVAL_BATCH for feature vectors, fewer for images and
+    sequences, whose activations are far larger per row."""
+    return EVAL_BATCH if len(shape) <= 2 else 512
+
+
 @torch.no_grad()
 def validation_metrics(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module, options: FitOptions
@@ -185,9 +215,10 @@ def validation_metrics(
     hits = torch.zeros((), device=x.device)
     abs_sum = torch.zeros((), device=x.device)
     sq_sum = torch.zeros((), device=x.device)
-    for start in range(0, len(x), EVAL_BATCH):
-        out = _output(model(x[start : start + EVAL_BATCH]).float(), options.problem)
-        target = y[start : start + EVAL_BATCH]
+    step = eval_batch(x.shape)
+    for start in range(0, len(x), step):
+        out = _output(model(x[start : start + step]).float(), options.problem)
+        target = y[start : start + step]
         loss_sum += criterion(out, target) * len(target)
         if options.problem == "binary":
             hits += ((out > 0).float() == target).sum()
@@ -215,8 +246,9 @@ def predict(model: nn.Module, x: np.ndarray, problem: Problem) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
     outputs = []
-    for start in range(0, max(len(x), 1), EVAL_BATCH):  # one pass even for no rows keeps the shape
-        batch = torch.as_tensor(x[start : start + EVAL_BATCH], dtype=torch.float32, device=device)
+    step = eval_batch(np.shape(x))
+    for start in range(0, max(len(x), 1), step):  # one pass even for no rows keeps the shape
+        batch = torch.as_tensor(x[start : start + step], dtype=torch.float32, device=device)
         out = _output(model(batch).float(), problem)
         if problem == "binary":
             out = torch.sigmoid(out)

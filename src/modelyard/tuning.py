@@ -89,6 +89,8 @@ class Arrays:
     x_val: np.ndarray
     y_val: np.ndarray
     n_outputs: int
+    vocab_size: int | None = None  # text tasks: the embedding's size
+    target_scale: float = 1.0  # regression: val_rmse in target units
 
 
 @dataclass(frozen=True)
@@ -334,15 +336,13 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
     """
     task, arrays = setup.task, setup.arrays
     settings: TuneSettings = task.tune
-    options = FitOptions(
-        problem=task.problem,
-        monitor=task.monitor,
+    options = FitOptions.for_task(
+        task,
         max_epochs=settings.max_epochs,
         patience=settings.max_epochs,  # trials are cut by the pruner, not by early stopping
-        grad_clip=task.train.grad_clip,
-        loss=task.loss,
         seed=setup.seed,
         device=setup.device,
+        target_scale=arrays.target_scale,
     )
 
     def train_trial(trial: optuna.Trial, run: tracking.Run, hparams: Hyperparams) -> float:
@@ -352,7 +352,7 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        model = build_model(task.family, arrays.x_train.shape[1], arrays.n_outputs, hparams)
+        model = build_model(task.family, arrays.x_train.shape[1:], arrays.n_outputs, hparams, arrays.vocab_size)
         result = fit(
             model, (arrays.x_train, arrays.y_train), (arrays.x_val, arrays.y_val), hparams, options, on_epoch_end
         )

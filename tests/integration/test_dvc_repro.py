@@ -3,6 +3,7 @@ in a temporary git + DVC checkout, as a user would run it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -40,10 +41,12 @@ def shell(cwd: Path, *args: str) -> str:
 
 
 def shrunk_params() -> dict:
+    """The repo's params.yaml, every default task (adult, digits, co2) with tiny budgets."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    adult = params["tasks"]["adult"]
-    adult["tune"].update(n_trials=2, max_epochs=2)
-    adult["train"].update(max_epochs=2, patience=1)
+    for task in params["tasks"].values():
+        task["tune"].update(n_trials=2, max_epochs=2)
+        task["train"].update(max_epochs=2, patience=1)
+        task["registry"].update(n_bootstrap=100)
     return params
 
 
@@ -87,6 +90,18 @@ def test_repro_tracks_study_and_registers_a_champion(checkout: Path) -> None:
     assert predictions["probability"].between(0, 1).all()
     assert set(predictions["label"]) <= {"<=50K", ">50K"}
     assert isinstance(predictions, pd.DataFrame)
+
+
+def test_repro_runs_the_image_and_series_tasks_too(checkout: Path) -> None:
+    uri = f"sqlite:///{checkout / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    for task in ("digits", "co2"):
+        assert str(client.get_model_version_by_alias(task, "champion").version) == "1"
+    assert "test_accuracy" in json.loads((checkout / "data" / "digits" / "metrics.json").read_text())
+    co2 = json.loads((checkout / "data" / "co2" / "metrics.json").read_text())
+    assert co2["test_rmse_vs_naive"] == pytest.approx(co2["test_rmse"] / co2["test_naive_rmse"])
+    notes = json.loads((checkout / "data" / "co2" / "validation.json").read_text())["notes"]
+    assert "co2: 59 missing value(s) (2.6%)" in notes  # the missing weeks, reported
 
 
 def test_second_repro_does_nothing(checkout: Path) -> None:

@@ -51,6 +51,19 @@ def test_real_params_file_parses() -> None:
     assert (task.train.max_epochs, task.train.patience) == (40, 6)
 
 
+def test_default_image_and_series_tasks_parse() -> None:
+    settings = load_settings(PARAMS_PATH)
+    digits, co2 = settings.task("digits"), settings.task("co2")
+    assert (digits.kind, digits.family, digits.schema_.image.height, digits.model.max_shift) == ("images", "cnn", 8, 1)
+    assert (co2.kind, co2.schema_.time, co2.features.series.window, co2.forecast_targets) == (
+        "series",
+        "date",
+        52,
+        ("co2",),
+    )
+    assert (co2.monitor, co2.promotion_metric) == ("val_rmse", "test_rmse")
+
+
 def test_settings_are_frozen() -> None:
     task = load_settings(PARAMS_PATH).task("adult")
     with pytest.raises(pydantic.ValidationError):
@@ -227,7 +240,7 @@ def target_encoder_on_multiclass(raw: dict) -> None:
         (lambda r: adult(r).update(source={}), ["tasks.adult.source:", "exactly one of 'builtin'"]),
         (
             lambda r: adult(r).update(source={"path": "data/adult.txt"}),
-            ["tasks.adult.source:", "'data/adult.txt' must end in .csv or .parquet"],
+            ["tasks.adult.source:", "'data/adult.txt' must be a .csv or .parquet table"],
         ),
         (lambda r: adult(r).update(positive_label="rich"), ["positive_label 'rich' is not one of"]),
         (lambda r: adult(r).update(problem="regression"), ["target 'income' of a regression task must be numeric"]),
@@ -235,6 +248,12 @@ def target_encoder_on_multiclass(raw: dict) -> None:
         (lambda r: adult(r).update(loss="huber"), ["loss applies to regression tasks"]),
         (lambda r: r["tasks"].update({"Adult Copy": adult(r)}), ["task name 'Adult Copy'"]),
         (lambda r: adult(r)["registry"].update(test="mcnemar"), ["'mcnemar' compares accuracy"]),
+        (lambda r: adult(r).update(family="lstm"), ["family 'lstm' needs one of features.series"]),
+        (lambda r: adult(r).update(family="cnn"), ["the built-in 'adult' dataset goes with family 'ann'"]),
+        (
+            lambda r: adult(r)["features"].update(text={"column": "education"}),
+            ["features.text goes with family 'lstm'"],
+        ),
         (lambda r: adult(r)["registry"].update(confidence=1.0), ["registry.confidence:", "less than 1"]),
         (lambda r: adult(r)["registry"].update(min_improvement=-0.1), ["registry.min_improvement:"]),
     ],
@@ -257,6 +276,9 @@ def target_encoder_on_multiclass(raw: dict) -> None:
         "loss_on_classification",
         "bad_task_name",
         "mcnemar_on_roc_auc",
+        "lstm_without_series_or_text",
+        "cnn_on_adult",
+        "text_settings_on_ann",
         "confidence_of_one",
         "negative_min_improvement",
     ],
@@ -274,7 +296,7 @@ def test_unknown_task_names_the_known_ones(raw: dict) -> None:
     settings = parse_settings(raw)
     with pytest.raises(ModelyardError, match="no task 'nope'") as info:
         settings.task("nope")
-    assert info.value.hint == "use one of: adult, adult-small"
+    assert info.value.hint == "use one of: adult, digits, co2, adult-small"
 
 
 def test_missing_params_file_is_a_modelyard_error(tmp_path: Path) -> None:

@@ -80,15 +80,21 @@ def test_multiclass_with_a_class_absent_from_the_labels_leaves_out_roc_auc() -> 
 
 def test_regression_metrics_match_hand_computed_values() -> None:
     metrics = compute_metrics("regression", np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 5.0]))
-    assert set(metrics) == {"test_rmse", "test_mae", "test_r2"}
+    assert set(metrics) == {"test_rmse", "test_mae", "test_mape", "test_r2"}
     assert metrics["test_rmse"] == pytest.approx(math.sqrt(4 / 3))
+    assert metrics["test_mape"] == pytest.approx(100 * (2 / 3) / 3)
     assert metrics["test_mae"] == pytest.approx(2 / 3)
     assert metrics["test_r2"] == pytest.approx(1 - 4 / 2)
 
 
 def test_prefix_names_the_split() -> None:
     metrics = compute_metrics("regression", np.array([1.0, 2.0]), np.array([1.0, 2.0]), prefix="val_")
-    assert set(metrics) == {"val_rmse", "val_mae", "val_r2"}
+    assert set(metrics) == {"val_rmse", "val_mae", "val_mape", "val_r2"}
+
+
+def test_mape_skips_true_zeros() -> None:
+    metrics = compute_metrics("regression", np.array([0.0, 2.0]), np.array([5.0, 3.0]))
+    assert metrics["test_mape"] == pytest.approx(50.0)
     assert all("/" not in key for key in compute_metrics("binary", BINARY_Y, BINARY_P))
 
 

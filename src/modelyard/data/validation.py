@@ -32,6 +32,9 @@ from modelyard.errors import ModelyardError
 from modelyard.files import atomic_path
 
 N_EXAMPLES = 5
+PIXEL_MAX = 255
+BLANK = r"^\s*$"
+DATETIME_TYPES = ["datetime64", "datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]", "Timestamp"]
 # Names GX's pandas type check resolves (numpy dtypes, pandas nullable dtypes, python types).
 NUMERIC_TYPES = [
     *(f"int{b}" for b in (8, 16, 32, 64)),
@@ -53,6 +56,7 @@ class ValidationReport:
     success: bool
     n_expectations: int
     failures: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts worth knowing that fail nothing
 
     def to_dict(self) -> dict:
         """A JSON-serialisable summary."""
@@ -61,6 +65,7 @@ class ValidationReport:
             "n_expectations": self.n_expectations,
             "n_failed": len(self.failures),
             "failures": self.failures,
+            "notes": self.notes,
         }
 
     def describe(self) -> str:
@@ -100,22 +105,73 @@ def build_expectations(task: TaskSettings) -> list:
     expectations: list = [exp.ExpectTableRowCountToBeBetween(min_value=schema.rows.min, max_value=schema.rows.max)]
     for name, column in schema.columns.items():
         expectations.append(exp.ExpectColumnToExist(column=name))
-        if column.type == "category":
+        if column.type in ("category", "text"):
             expectations.append(exp.ExpectColumnValuesToBeOfType(column=name, type_="str"))
+        elif column.type == "datetime":
+            expectations.append(exp.ExpectColumnValuesToBeInTypeList(column=name, type_list=DATETIME_TYPES))
         else:
             expectations.append(exp.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES))
+        if column.type == "text":
+            expectations.append(exp.ExpectColumnValuesToNotMatchRegex(column=name, regex=BLANK))
         if column.min is not None or column.max is not None:
             expectations.append(
                 exp.ExpectColumnValuesToBeBetween(column=name, min_value=column.min, max_value=column.max)
             )
         if column.categories is not None:
             expectations.append(exp.ExpectColumnValuesToBeInSet(column=name, value_set=list(column.categories)))
-        mostly = 1.0 if name == task.target else 1.0 - column.max_null_fraction
+        # A target may have no nulls, except a series' values: a missing week is a gap to impute.
+        mostly = 1.0 if name == task.target and task.kind != "series" else 1.0 - column.max_null_fraction
         if mostly >= 1.0:
             expectations.append(exp.ExpectColumnValuesToNotBeNull(column=name))
         elif mostly > 0.0:
             expectations.append(exp.ExpectColumnValuesToNotBeNull(column=name, mostly=mostly))
-    return expectations
+    return expectations + _kind_expectations(task)
+
+
+def _kind_expectations(task: TaskSettings) -> list:
+    """Checks an image, series or text task adds: image shape and value range, one class
+    at least per declared category, time in increasing order."""
+    import great_expectations as gx
+
+    exp = gx.expectations
+    found: list = []
+    if task.kind == "images":
+        for name in ("height", "width", "channels"):
+            found.append(exp.ExpectColumnUniqueValueCountToBeBetween(column=name, min_value=0, max_value=1))
+            declared = getattr(task.schema_.image, name, None)
+            if declared is not None:
+                found.append(exp.ExpectColumnValuesToBeBetween(column=name, min_value=declared, max_value=declared))
+        found.append(exp.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0))
+        found.append(exp.ExpectColumnValuesToBeBetween(column="pixel_max", max_value=PIXEL_MAX))
+    categories = task.schema_.columns[task.target].categories
+    if task.kind in ("images", "text") and categories:
+        found.append(exp.ExpectColumnDistinctValuesToContainSet(column=task.target, value_set=list(categories)))
+    if task.kind == "series":
+        found.append(exp.ExpectColumnValuesToBeIncreasing(column=task.schema_.time, strictly=True))
+    return found
+
+
+def describe_data(frame: pd.DataFrame, task: TaskSettings) -> list[str]:
+    """Notes for the report: missing values per column, class counts, gaps in a series."""
+    notes = []
+    for name in task.schema_.columns:
+        n_missing = int(frame[name].isna().sum()) if name in frame.columns else 0
+        if n_missing and (name != task.target or task.kind == "series"):
+            notes.append(f"{name}: {n_missing} missing value(s) ({n_missing / len(frame):.1%})")
+    if task.problem != "regression" and task.target in frame.columns:
+        counts = frame[task.target].value_counts().sort_index()
+        notes.append("class counts: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    time = task.schema_.time
+    times = frame[time].dropna() if task.kind == "series" and time in frame.columns else None
+    if times is not None and len(times) > 1 and times.is_unique:
+        from modelyard.data.series import regularize, time_step
+
+        gaps = len(regularize(frame[[time]], time, time_step(frame[time], task.schema_.frequency))) - len(frame)
+        if gaps > 0:
+            notes.append(f"{time}: {gaps} missing time step(s) between the first and the last time")
+        if notes:
+            notes.append("featurize fills gaps by time interpolation; windows whose targets were missing are left out")
+    return notes
 
 
 def validate_frame(frame: pd.DataFrame, task: TaskSettings, docs_dir: Path | None = None) -> ValidationReport:
@@ -159,7 +215,12 @@ def validate_frame(frame: pd.DataFrame, task: TaskSettings, docs_dir: Path | Non
             outcome = checkpoint.run(batch_parameters={"dataframe": frame})
             result = next(iter(outcome.run_results.values()))
     failures = _failures(result.results, frame, task)
-    return ValidationReport(success=not failures, n_expectations=len(result.results), failures=failures)
+    return ValidationReport(
+        success=not failures,
+        n_expectations=len(result.results),
+        failures=failures,
+        notes=describe_data(frame, task),
+    )
 
 
 @contextmanager
@@ -244,12 +305,23 @@ def _failure(result: Any, frame: pd.DataFrame, task: TaskSettings) -> dict:
         problem = f"could not be checked ({kind}): {error}"
     elif kind == "expect_column_to_exist":
         problem = f"column {column!r} is missing"
+    elif kind == "expect_column_values_to_be_in_type_list" and task.schema_.columns[column].type == "datetime":
+        problem = f"expected dates, found {_observed_type(info, 'non-date')} values"
     elif kind == "expect_column_values_to_be_in_type_list":
         problem = f"expected numbers, found {_observed_type(info, 'non-numeric')} values"
         numbers = pd.to_numeric(frame[column], errors="coerce")
         examples = [_json_safe(v) for v in frame[column][numbers.isna() & frame[column].notna()].unique()[:N_EXAMPLES]]
     elif kind == "expect_column_values_to_be_of_type":
-        problem = f"expected text (a category column), found {_observed_type(info, 'non-text')} values"
+        problem = f"expected text, found {_observed_type(info, 'non-text')} values"
+    elif kind == "expect_column_values_to_not_match_regex":
+        problem = f"{share} are empty or blank texts"
+    elif kind == "expect_column_values_to_be_increasing":
+        problem = f"{share} are not later than the row before (times must increase, without repeats)"
+    elif kind == "expect_column_unique_value_count_to_be_between":
+        problem = f"the images come in {info.get('observed_value')} different {column}s; give images of one size"
+    elif kind == "expect_column_distinct_values_to_contain_set":
+        absent = sorted(set(kwargs.get("value_set", [])) - set(info.get("observed_value") or []))
+        problem = f"declared class(es) with no rows: {', '.join(map(str, absent))}"
     elif kind == "expect_column_values_to_be_between":
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         bounds = f"[{_num(low)}, {_num(high)}]" if low is not None and high is not None else None

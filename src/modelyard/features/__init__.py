@@ -1,11 +1,49 @@
 """Features: turn a task's raw frame into the arrays a network trains on.
 
-`TabularPreprocessor` (encoders, imputation, scaling) and `TargetCodec` (labels or values to
-training targets and back) follow the fit/transform contract; both are fitted on the
-training rows only and saved with the model.
+One preprocessor per kind of task, each fitted on the training rows only and saved with
+the model: `TabularPreprocessor` (encoders, imputation, scaling), `ImagePreprocessor`,
+`TextPreprocessor` (tokenizer and vocabulary) and `SeriesPreprocessor` (forecasting
+windows). `TargetCodec` turns labels or values into training targets and back.
 """
 
-from modelyard.features.preprocessing import TabularPreprocessor, build_preprocessor
-from modelyard.features.target import TargetCodec
+from __future__ import annotations
 
-__all__ = ["TabularPreprocessor", "TargetCodec", "build_preprocessor"]
+from modelyard.config import TaskSettings
+from modelyard.features.images import ImagePreprocessor
+from modelyard.features.preprocessing import TabularPreprocessor, tabular_preprocessor
+from modelyard.features.target import TargetCodec
+from modelyard.features.text import TextPreprocessor
+from modelyard.features.windows import SeriesPreprocessor
+
+Preprocessor = TabularPreprocessor | ImagePreprocessor | TextPreprocessor | SeriesPreprocessor
+
+__all__ = [
+    "ImagePreprocessor",
+    "Preprocessor",
+    "SeriesPreprocessor",
+    "TabularPreprocessor",
+    "TargetCodec",
+    "TextPreprocessor",
+    "build_preprocessor",
+]
+
+
+def build_preprocessor(task: TaskSettings, seed: int = 0) -> Preprocessor:
+    """The unfitted preprocessor for a task's kind."""
+    if task.kind == "images":
+        return ImagePreprocessor()
+    if task.kind == "text":
+        text = task.features.text
+        return TextPreprocessor(text.column, text.max_vocab, text.max_length, text.min_freq, text.lowercase)
+    if task.kind == "series":
+        series, schema = task.features.series, task.schema_
+        return SeriesPreprocessor(
+            schema.time,
+            schema.names("numeric"),
+            task.forecast_targets,
+            series.window,
+            series.horizon,
+            series.season,
+            schema.frequency,
+        )
+    return tabular_preprocessor(task, seed)

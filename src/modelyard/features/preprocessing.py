@@ -88,6 +88,11 @@ class TabularPreprocessor(BaseEstimator, TransformerMixin):
         self.n_features_out_ = int(out.shape[1])
         return self
 
+    @property
+    def input_shape_(self) -> tuple[int]:
+        """One row's shape as the network takes it."""
+        return (self.n_features_out_,)
+
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         """Encode rows with what `fit` learned: float32, shape (n_rows, n_features_out_)."""
         check_is_fitted(self, "columns_")
@@ -124,8 +129,8 @@ class TabularPreprocessor(BaseEstimator, TransformerMixin):
         return names + list(self.numeric)
 
 
-def build_preprocessor(task: TaskSettings, seed: int = 0) -> TabularPreprocessor:
-    """An unfitted preprocessor for a task: every schema column but the target is a feature."""
+def tabular_preprocessor(task: TaskSettings, seed: int = 0) -> TabularPreprocessor:
+    """An unfitted preprocessor for a tabular task: every schema column but the target is a feature."""
     categorical = [c for c in task.schema_.names("category") if c != task.target]
     numeric = [c for c in task.schema_.names("numeric") if c != task.target]
     return TabularPreprocessor(task.features, categorical, numeric, seed=seed)

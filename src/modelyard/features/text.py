@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
+import pandas as pd
 from sklearn.exceptions import NotFittedError
 
 from modelyard.errors import ModelyardError
@@ -83,3 +84,30 @@ def _as_texts(texts: Iterable[str]) -> list[str]:
                 "fill missing texts with '' or drop those rows",
             )
     return texts
+
+
+class TextPreprocessor:
+    """A text column to padded token ids for the LSTM (as float32, the dtype `fit()` feeds;
+    the network reads them back as integer ids)."""
+
+    def __init__(self, column: str, max_vocab: int, max_length: int, min_freq: int, lowercase: bool) -> None:
+        self.column = column
+        self.vectorizer = TextVectorizer(max_vocab, max_length, min_freq, lowercase)
+
+    def fit(self, frame: pd.DataFrame, y: np.ndarray | None = None) -> TextPreprocessor:
+        self.vectorizer.fit(self._texts(frame))
+        self.vocab_size_ = len(self.vectorizer.vocabulary_)
+        return self
+
+    @property
+    def input_shape_(self) -> tuple[int]:
+        return (self.vectorizer.max_length,)
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        ids, _ = self.vectorizer.transform(self._texts(frame))
+        return ids.astype(np.float32)
+
+    def _texts(self, frame: pd.DataFrame) -> list[str]:
+        if self.column not in frame.columns:
+            raise ModelyardError(f"the input has no text column {self.column!r}", f"pass a column named {self.column}")
+        return frame[self.column].fillna("").astype(str).tolist()

@@ -1,5 +1,58 @@
 """Network architectures: plain nn.Modules, built by `build_model`."""
 
-from modelyard.models.mlp import MLP, build_model
+from __future__ import annotations
 
-__all__ = ["MLP", "build_model"]
+from torch import nn
+
+from modelyard.config import Hyperparams
+from modelyard.models.cnn import CNN
+from modelyard.models.lstm import LSTMNet
+from modelyard.models.mlp import MLP
+
+__all__ = ["CNN", "MLP", "LSTMNet", "build_model"]
+
+
+def build_model(
+    family: str,
+    input_shape: int | tuple[int, ...],
+    n_outputs: int,
+    hparams: Hyperparams,
+    vocab_size: int | None = None,
+) -> nn.Module:
+    """The network for a model family, sized for one sample's input shape (features for
+    `ann`; channels, height, width for `cnn`; steps and features, or steps of token ids when
+    `vocab_size` is given, for `lstm`) and built from hyperparameters."""
+    shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    if family == "ann":
+        return MLP(
+            shape[0],
+            n_outputs,
+            n_layers=hparams.n_layers,
+            units=hparams.units,
+            activation=hparams.activation,
+            dropout=hparams.dropout,
+            batch_norm=hparams.batch_norm,
+        )
+    if family == "cnn":
+        return CNN(
+            shape[0],
+            (shape[1], shape[2]),
+            n_outputs,
+            n_blocks=hparams.n_blocks,
+            filters=hparams.filters,
+            kernel_size=hparams.kernel_size,
+            dense_units=hparams.dense_units,
+            dropout=hparams.dropout,
+        )
+    if family == "lstm":
+        return LSTMNet(
+            n_outputs,
+            n_features=None if vocab_size else shape[-1],
+            vocab_size=vocab_size,
+            embed_dim=hparams.embed_dim,
+            hidden_size=hparams.hidden_size,
+            n_layers=hparams.n_layers,
+            bidirectional=hparams.bidirectional,
+            dropout=hparams.dropout,
+        )
+    raise ValueError(f"unknown model family {family!r}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from modelyard.config import Hyperparams
-
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -51,18 +49,3 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.net(x)
-
-
-def build_model(family: str, n_inputs: int, n_outputs: int, hparams: Hyperparams) -> nn.Module:
-    """The network for a model family, sized for the data and built from hyperparameters."""
-    if family != "ann":
-        raise ValueError(f"unknown model family {family!r}")
-    return MLP(
-        n_inputs,
-        n_outputs,
-        n_layers=hparams.n_layers,
-        units=hparams.units,
-        activation=hparams.activation,
-        dropout=hparams.dropout,
-        batch_norm=hparams.batch_norm,
-    )
