@@ -54,6 +54,8 @@ class ModelBundle:
             return [self.preprocessor.column]
         if self.kind == "series":
             return [self.preprocessor.time, *self.preprocessor.columns]
+        if self.kind == "sequence":
+            return [self.preprocessor.id_column, self.preprocessor.step_column, *self.preprocessor.columns]
         return [c for c in self.schema.columns if c != self.target]
 
     def predict(self, data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
@@ -72,6 +74,10 @@ class ModelBundle:
         rows = conform(frame[self.input_columns], self.schema)
         if self.kind == "series":
             return self.preprocessor.forecast(rows, lambda x: predict(self.network, x, "regression"))
+        if self.kind == "sequence":  # one prediction per sequence, in sorted id order
+            result = self._decode(predict(self.network, self.preprocessor.transform(rows), self.problem))
+            result.insert(0, self.preprocessor.id_column, self.preprocessor.ids(rows))
+            return result
         return self._decode(predict(self.network, self.preprocessor.transform(rows), self.problem))
 
     def _decode(self, output: np.ndarray) -> pd.DataFrame:
@@ -102,6 +108,7 @@ class ModelBundle:
                 "schema": self.schema.model_dump(mode="json"),
                 "input_shape": list(self.preprocessor.input_shape_),
                 "vocab_size": getattr(self.preprocessor, "vocab_size_", None),
+                "masked": getattr(self.preprocessor, "masked_", False),
                 "n_outputs": n_outputs(self.problem, self.codec, self.preprocessor),
             }
             (temporary / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -119,7 +126,9 @@ class ModelBundle:
                 parts = pickle.load(handle)
             hparams = Hyperparams.model_validate(meta["hparams"])
             shape = tuple(meta.get("input_shape") or [meta["n_inputs"]])
-            network = build_model(meta["family"], shape, meta["n_outputs"], hparams, meta.get("vocab_size"))
+            network = build_model(
+                meta["family"], shape, meta["n_outputs"], hparams, meta.get("vocab_size"), meta.get("masked", False)
+            )
             network.load_state_dict(torch.load(directory / "network.pt", map_location="cpu", weights_only=True))
             reference_path = directory / REFERENCE_FILE
             reference = pd.read_parquet(reference_path) if reference_path.exists() else None

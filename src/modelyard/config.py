@@ -167,11 +167,23 @@ class TextSettings(Frozen):
     lowercase: bool = True
 
 
+class SequenceSettings(Frozen):
+    """Sequence classification from long-format rows: `id` names the sequence, `step`
+    orders its rows; every other numeric column is a feature. Sequences are padded to
+    `max_length` steps (default: the longest training sequence)."""
+
+    id: str
+    step: str
+    max_length: int | None = Field(None, ge=1)
+
+
 class FeatureSettings(Frozen):
     """Tabular tasks: encoders per categorical column, numeric imputation and scaling.
-    LSTM tasks: `series` (forecasting windows) or `text` (tokenizer)."""
+    LSTM tasks: `series` (forecasting windows), `sequence` (sequence classification) or
+    `text` (tokenizer)."""
 
     series: SeriesSettings | None = None
+    sequence: SequenceSettings | None = None
     text: TextSettings | None = None
 
     default_encoder: EncoderName = "onehot"
@@ -368,11 +380,11 @@ class TaskSettings(Frozen):
 
     def _check_family(self) -> None:
         """The family, its data settings, the problem type and the source fit together."""
-        sections = [name for name in ("series", "text") if getattr(self.features, name) is not None]
+        sections = [name for name in ("series", "sequence", "text") if getattr(self.features, name) is not None]
         if self.family != "lstm" and sections:
             raise ValueError(f"features.{sections[0]} goes with family 'lstm', not {self.family!r}")
         if self.family == "lstm" and len(sections) != 1:
-            raise ValueError("family 'lstm' needs one of features.series (forecasting) or features.text")
+            raise ValueError("family 'lstm' needs one of features.series, features.sequence or features.text")
         if self.schema_.image is not None and self.family != "cnn":
             raise ValueError("schema.image goes with family 'cnn'")
         builtin_family = {"adult": "ann", "digits": "cnn", "mnist": "cnn", "co2": "lstm"}
@@ -380,10 +392,11 @@ class TaskSettings(Frozen):
             raise ValueError(
                 f"the built-in {self.source.builtin!r} dataset goes with family {builtin_family[self.source.builtin]!r}"
             )
-        if self.family != "ann" and not self.source.is_table and self.source.path and self.kind != "images":
-            raise ValueError("image folders, arrays and IDX files are sources for family 'cnn'")
+        arrays = self.source.path and not self.source.is_table
+        if arrays and self.kind not in ("images", "sequence"):
+            raise ValueError("folders, arrays and IDX files are sources of image (cnn) or sequence tasks")
         columns = self.schema_.columns
-        if self.kind in ("images", "text") and self.problem == "regression":
+        if self.kind in ("images", "text", "sequence") and self.problem == "regression":
             raise ValueError(f"a {self.kind} task classifies: use problem binary or multiclass")
         if self.kind == "series":
             time = self.schema_.time
@@ -394,18 +407,25 @@ class TaskSettings(Frozen):
             for name in self.forecast_targets:
                 if name not in columns or columns[name].type not in ("integer", "number"):
                     raise ValueError(f"series target {name!r} must be a numeric column in schema.columns")
+        sequence = self.features.sequence
+        if sequence is not None and not (arrays or {sequence.id, sequence.step} <= set(columns)):
+            raise ValueError("features.sequence.id and .step must be columns in schema.columns")
         text = self.features.text
         if text is not None and (text.column not in columns or columns[text.column].type != "text"):
             raise ValueError(f"features.text.column {text.column!r} must be a text column in schema.columns")
 
     @property
-    def kind(self) -> Literal["tabular", "images", "series", "text"]:
-        """What the rows are: tabular (ann), images (cnn), a series to forecast or texts (lstm)."""
+    def kind(self) -> Literal["tabular", "images", "series", "sequence", "text"]:
+        """What the rows are: tabular (ann), images (cnn), a series to forecast, sequences
+        or texts to classify (lstm)."""
         if self.family == "ann":
             return "tabular"
         if self.family == "cnn":
             return "images"
-        return "series" if self.features.series is not None else "text"
+        for kind in ("series", "sequence"):
+            if getattr(self.features, kind) is not None:
+                return kind
+        return "text"
 
     @property
     def forecast_targets(self) -> tuple[str, ...]:

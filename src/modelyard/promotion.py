@@ -126,6 +126,8 @@ def compare(
     promote = bool(significant and large_enough)
     if promote:
         verdict = "significantly better"
+    elif improvement <= 0:
+        verdict = "not better than the champion"
     elif not large_enough:
         verdict = f"improvement below the minimum {settings.min_improvement:g}"
     else:

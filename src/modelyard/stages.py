@@ -85,7 +85,7 @@ def validate(ctx: Context) -> None:
 
 def split(ctx: Context) -> None:
     """Seeded train / validation / test split of validated data."""
-    from modelyard.data.splitting import split_frame, split_series
+    from modelyard.data.splitting import split_frame, split_groups, split_series
 
     if not read_json(ctx.need(ctx.paths.validation_summary, "validate")).get("success"):
         raise ModelyardError(f"the data of task {ctx.task_name} failed validation", "see data/<task>/validation.json")
@@ -93,6 +93,8 @@ def split(ctx: Context) -> None:
     task = ctx.task
     if task.kind == "series":
         parts = split_series(frame, task.schema_.time, task.split)
+    elif task.kind == "sequence":
+        parts = split_groups(frame, task.features.sequence.id, task.target, task.split, seed=ctx.settings.seed)
     else:
         parts = split_frame(
             frame, task.target, task.split, classification=task.problem != "regression", seed=ctx.settings.seed
@@ -128,18 +130,30 @@ def featurize(ctx: Context) -> None:
                 )
             arrays[f"x_{part}"], arrays[f"y_{part}"] = x, y
     else:
+        # One target per sample: per row, or per sequence (sorted ids, as the samples come out).
+        targets = {part: sample_targets(task, frame) for part, frame in frames.items()}
         classes = list(task.schema_.columns[task.target].categories or []) or None
-        codec = TargetCodec(task.problem, classes=classes, positive_label=task.positive_label).fit(train[task.target])
-        preprocessor.fit(train.drop(columns=[task.target]), codec.encode(train[task.target]))
+        codec = TargetCodec(task.problem, classes=classes, positive_label=task.positive_label).fit(targets["train"])
+        preprocessor.fit(train.drop(columns=[task.target]), codec.encode(targets["train"]))
         for part, frame in frames.items():
             arrays[f"x_{part}"] = preprocessor.transform(frame.drop(columns=[task.target]))
-            arrays[f"y_{part}"] = codec.encode(frame[task.target])
+            arrays[f"y_{part}"] = codec.encode(targets[part])
     with atomic_path(ctx.paths.features) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, **arrays)
     with atomic_path(ctx.paths.preprocessor) as temporary, open(temporary, "wb") as handle:
         pickle.dump({"preprocessor": preprocessor, "codec": codec}, handle)
     shape = " x ".join(str(n) for n in preprocessor.input_shape_)
     say(f"featurize {ctx.task_name}: {len(arrays['x_train'])} training samples of shape {shape}")
+
+
+def sample_targets(task: TaskSettings, frame: pd.DataFrame) -> pd.Series:
+    """The target of each sample: a row's, or for sequence classification each sequence's
+    (in sorted id order)."""
+    from modelyard.features import sequence_labels
+
+    if task.kind == "sequence":
+        return sequence_labels(frame, task.features.sequence.id, task.target)
+    return frame[task.target]
 
 
 def series_history(frames: dict[str, pd.DataFrame], time: str) -> pd.DataFrame:
@@ -156,6 +170,7 @@ def network_size(task: TaskSettings, preprocessing: dict[str, Any]) -> dict[str,
     return {
         "n_outputs": n_outputs(task.problem, codec, preprocessor),
         "vocab_size": getattr(preprocessor, "vocab_size_", None),
+        "masked": getattr(preprocessor, "masked_", False),
         "target_scale": getattr(preprocessor, "target_scale_", getattr(codec, "scale_", 1.0)),
     }
 
@@ -254,7 +269,7 @@ def train(ctx: Context) -> None:
     codec = preprocessing["codec"]
     size = network_size(task, preprocessing)
     shape = arrays["x_train"].shape[1:]
-    network = build_model(task.family, shape, size["n_outputs"], hparams, size["vocab_size"])
+    network = build_model(task.family, shape, size["n_outputs"], hparams, size["vocab_size"], size["masked"])
     options = FitOptions.for_task(
         task,
         max_epochs=task.train.max_epochs,
@@ -334,8 +349,12 @@ def input_example(ctx: Context) -> pd.DataFrame | np.ndarray:
     if task.kind == "series":
         frames = {part: ctx.read_split(part) for part in SPLITS}
         return series_history(frames, task.schema_.time).tail(2 * task.features.series.window)
-    columns = [c for c in ctx.read_split("val").columns if c != task.target]
-    return model_input(task, ctx.read_split("val")[columns].head(5))
+    val = ctx.read_split("val")
+    columns = [c for c in val.columns if c != task.target]
+    if task.kind == "sequence":  # the rows of two sequences
+        id_column = task.features.sequence.id
+        return val.loc[val[id_column].isin(val[id_column].unique()[:2]), columns]
+    return model_input(task, val[columns].head(5))
 
 
 def test_outputs(ctx: Context, predict: Callable[[Any], pd.DataFrame], codec) -> tuple[np.ndarray, np.ndarray]:
@@ -353,8 +372,8 @@ def test_outputs(ctx: Context, predict: Callable[[Any], pd.DataFrame], codec) ->
         frames = {part: ctx.read_split(part) for part in SPLITS}
         return forecast_pairs(task, test, predict(series_history(frames, task.schema_.time)))
     predictions = predict(model_input(task, test))
-    regression = task.problem == "regression"
-    truth = test[task.target].to_numpy(float) if regression else codec.encode(test[task.target])
+    targets = sample_targets(task, test)
+    truth = targets.to_numpy(float) if task.problem == "regression" else codec.encode(targets)
     return truth, prediction_outputs(predictions, task.problem, getattr(codec, "classes_", []))
 
 

@@ -90,6 +90,7 @@ class Arrays:
     y_val: np.ndarray
     n_outputs: int
     vocab_size: int | None = None  # text tasks: the embedding's size
+    masked: bool = False  # sequence classification: the last input channel is a step mask
     target_scale: float = 1.0  # regression: val_rmse in target units
 
 
@@ -352,7 +353,8 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        model = build_model(task.family, arrays.x_train.shape[1:], arrays.n_outputs, hparams, arrays.vocab_size)
+        shape = arrays.x_train.shape[1:]
+        model = build_model(task.family, shape, arrays.n_outputs, hparams, arrays.vocab_size, arrays.masked)
         result = fit(
             model, (arrays.x_train, arrays.y_train), (arrays.x_val, arrays.y_val), hparams, options, on_epoch_end
         )

@@ -73,6 +73,20 @@ def reviews(n_rows: int = 200, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"review": texts, "sentiment": labels})
 
 
+def trends(n_sequences: int = 120, seed: int = 0) -> pd.DataFrame:
+    """Long-format sequences of 5 to 15 steps: `up` when the first feature rises, `down`
+    when it falls; the second feature is noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for sequence in range(n_sequences):
+        label = rng.choice(["up", "down"])
+        n_steps = int(rng.integers(5, 16))
+        slope = 1.0 if label == "up" else -1.0
+        for step in range(n_steps):
+            rows.append((f"s{sequence:03d}", step, slope * step + rng.normal(0, 0.5), rng.normal(), label))
+    return pd.DataFrame(rows, columns=["seq", "t", "signal", "noise", "trend"])
+
+
 TASKS = {
     "shapes": {
         "source": {"path": "data/sources/shapes"},
@@ -105,6 +119,28 @@ TASKS = {
         "train": QUICK["train"],
         "registry": {**QUICK["registry"], "metric": "rmse"},
     },
+    "trends": {
+        "source": {"path": "data/sources/trends.csv"},
+        "target": "trend",
+        "problem": "binary",
+        "positive_label": "up",
+        "family": "lstm",
+        "schema": {
+            "rows": {"min": 100},
+            "columns": {
+                "seq": {"type": "category"},
+                "t": {"type": "integer", "min": 0},
+                "signal": {"type": "number"},
+                "noise": {"type": "number"},
+                "trend": {"type": "category", "categories": ["down", "up"]},
+            },
+        },
+        "features": {"sequence": {"id": "seq", "step": "t"}},
+        "model": {"hidden_size": 16, "batch_size": 16, "lr": 0.01},
+        "tune": {**QUICK["tune"], "search_space": {"lr": {"choices": [0.01]}}},
+        "train": QUICK["train"],
+        "registry": {**QUICK["registry"], "metric": "accuracy"},
+    },
     "reviews": {
         "source": {"path": "data/sources/reviews.csv"},
         "target": "sentiment",
@@ -132,6 +168,7 @@ def make_project(root: Path, task: str, device: str = "cpu") -> Path:
     write_image_folder(sources / "shapes")
     weekly_series().to_csv(sources / "weekly.csv", index=False)
     reviews().to_csv(sources / "reviews.csv", index=False)
+    trends().to_csv(sources / "trends.csv", index=False)
     return root
 
 
@@ -186,6 +223,40 @@ def test_lstm_text_classifier_end_to_end(tmp_path: Path, mlflow_uri: str) -> Non
     predicted = model.predict(raw)
     assert predicted["label"].tolist()[:2] == ["pos", "neg"]
     assert predicted["probability"].between(0, 1).all()
+
+
+def test_lstm_sequence_classifier_on_long_format_rows(tmp_path: Path, mlflow_uri: str) -> None:
+    ctx = run(make_project(tmp_path / "project", "trends"), "trends")
+    test_ids = set(ctx.read_split("test")["seq"])
+    assert test_ids.isdisjoint(ctx.read_split("train")["seq"])  # a sequence never straddles splits
+    metrics = json.loads(ctx.paths.metrics.read_text())
+    assert metrics["test_accuracy"] >= 0.9
+    model = mlflow.pyfunc.load_model("models:/trends@champion")
+    rows = trends(n_sequences=6, seed=9)
+    predicted = model.predict(rows.drop(columns=["trend"]))
+    expected = rows.groupby("seq")["trend"].first()
+    assert predicted["seq"].tolist() == expected.index.tolist()  # one prediction per sequence
+    assert (predicted["label"].to_numpy() == expected.to_numpy()).mean() >= 5 / 6
+
+
+def test_sequence_arrays_become_long_format_rows(tmp_path: Path, mlflow_uri: str) -> None:
+    root = make_project(tmp_path / "project", "trends")
+    x = np.random.default_rng(0).normal(size=(4, 6, 2))
+    np.savez(root / "data" / "sources" / "trends.npz", x=x, y=np.array(["up", "down", "up", "down"]))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    task = params["tasks"]["trends"]
+    task["source"] = {"path": "data/sources/trends.npz"}
+    task["schema"]["rows"]["min"] = 10
+    task["schema"]["columns"] = {
+        "x0": {"type": "number"},
+        "x1": {"type": "number"},
+        "trend": {"type": "category", "categories": ["down", "up"]},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    ctx = run(root, "trends", "ingest")
+    raw = pd.read_parquet(ctx.paths.raw)
+    assert list(raw.columns) == ["seq", "t", "x0", "x1", "trend"] and len(raw) == 24
+    assert raw.loc[raw["seq"] == 2, "x1"].tolist() == pytest.approx(x[2, :, 1].tolist())
 
 
 def test_a_non_image_file_in_the_folder_is_named(tmp_path: Path, mlflow_uri: str) -> None:

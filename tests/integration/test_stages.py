@@ -141,7 +141,7 @@ def test_an_equal_model_does_not_take_the_champion(trained) -> None:
     decision = json.loads(ctx.paths.registry_decision.read_text())
     assert decision["promoted"] is False and decision["version"] == 2
     assert decision["comparison"]["improvement"] == 0 and decision["comparison"]["method"] == "bootstrap"
-    assert "not significantly better" in decision["reason"]
+    assert "not better than the champion" in decision["reason"]
     assert str(client.get_model_version_by_alias("toy", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("toy", "challenger").version) == "2"
     assert client.get_model_version("toy", "2").tags["modelyard.decision"] == "kept champion"

@@ -11,7 +11,13 @@ import pytest
 
 from modelyard.data.images import image_frame
 from modelyard.errors import ModelyardError
-from modelyard.features import ImagePreprocessor, SeriesPreprocessor, TextPreprocessor
+from modelyard.features import (
+    ImagePreprocessor,
+    SequencePreprocessor,
+    SeriesPreprocessor,
+    TextPreprocessor,
+    sequence_labels,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -77,3 +83,27 @@ def test_series_gaps_are_filled_for_inputs_but_never_used_as_targets() -> None:
     x, y = fitted.windows(history, history["week"].min(), history["week"].max())
     assert len(x) == 30 - 4 - 1  # 26 windows on the regular grid, less the one whose target was missing
     assert np.isfinite(x).all() and np.isfinite(y).all()
+
+
+def test_sequences_pad_mask_and_keep_their_last_steps() -> None:
+    rows = pd.DataFrame({"id": ["b", "b", "a", "a", "a"], "t": [1, 0, 0, 1, 2], "v": [20.0, 10.0, 1.0, 2.0, 3.0]})
+    fitted = SequencePreprocessor("id", "t", ["v"]).fit(rows)
+    x = fitted.transform(rows)
+    assert fitted.input_shape_ == (3, 2) and x.shape == (2, 3, 2)
+    assert fitted.ids(rows).tolist() == ["a", "b"]  # samples in sorted id order
+    assert x[:, :, 1].tolist() == [[1, 1, 1], [1, 1, 0]]  # the step mask: b has 2 steps
+    values = x[:, :, 0] * fitted.scale_[0] + fitted.mean_[0]
+    np.testing.assert_allclose(values[1, :2], [10.0, 20.0])  # ordered by step
+    long = pd.DataFrame({"id": ["c"] * 5, "t": range(5), "v": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    kept = fitted.transform(long)[0, :, 0] * fitted.scale_[0] + fitted.mean_[0]
+    np.testing.assert_allclose(kept, [3.0, 4.0, 5.0])  # longer than trained: the last 3 steps
+    np.testing.assert_array_equal(round_trip(fitted).transform(rows), x)
+    with pytest.raises(ModelyardError, match="sequence 'a' has step 1 more than once"):
+        fitted.transform(pd.concat([rows, rows.iloc[[3]]]))
+
+
+def test_sequence_labels_are_one_per_sequence() -> None:
+    rows = pd.DataFrame({"id": [1, 1, 2], "y": ["up", "up", "down"]})
+    assert sequence_labels(rows, "id", "y").to_dict() == {1: "up", 2: "down"}
+    with pytest.raises(ModelyardError, match="sequence 1 has 2 different labels"):
+        sequence_labels(rows.assign(y=["up", "down", "down"]), "id", "y")

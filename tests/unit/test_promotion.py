@@ -31,7 +31,7 @@ def test_a_worse_model_is_not_promoted() -> None:
 def test_the_same_model_is_not_promoted() -> None:
     result = compare("binary", "test_roc_auc", Y, GOOD, GOOD, RegistrySettings(n_bootstrap=200))
     assert not result.promote and result.improvement == 0
-    assert "not significantly better" in result.reason
+    assert "not better than the champion" in result.reason
 
 
 def test_a_significant_gain_below_the_minimum_is_not_promoted() -> None:

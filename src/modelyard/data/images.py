@@ -114,14 +114,22 @@ def read_arrays(path: str | Path, labels_path: str | Path | None = None) -> tupl
     `train_images.npy` -> `train_labels.npy`. Images come back as (N, H, W, C), see
     `as_image_layout`.
     """
+    x, y = read_labelled_arrays(path, labels_path)
+    return _paired(as_image_layout(x, path), y, Path(path))
+
+
+def read_labelled_arrays(path: str | Path, labels_path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The data array and the labels array of a .npz or a .npy pair (as `read_arrays`
+    finds them), as stored; one label per sample."""
     file = Path(path)
     if file.suffix.lower() == ".npz":
         x, y = _read_npz(file)
-        return _paired(as_image_layout(x, file), y, file)
-    if file.suffix.lower() != ".npy":
-        raise ModelyardError(f"{file} is neither a .npz nor a .npy file", "give a .npz, or the images .npy")
-    labels_file = Path(labels_path) if labels_path is not None else _labels_beside(file)
-    return _paired(as_image_layout(_load_npy(file), file), _load_npy(labels_file), file)
+    elif file.suffix.lower() == ".npy":
+        labels_file = Path(labels_path) if labels_path is not None else _labels_beside(file)
+        x, y = _load_npy(file), _load_npy(labels_file)
+    else:
+        raise ModelyardError(f"{file} is neither a .npz nor a .npy file", "give a .npz, or the data .npy")
+    return x, _paired(x, y, file)[1]
 
 
 def _read_npz(file: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from modelyard.config import SchemaSettings, SourceSettings, TaskSettings
@@ -41,7 +42,29 @@ def read_task_frame(task: TaskSettings, root: Path) -> pd.DataFrame:
         from modelyard.data.images import image_frame, read_images
 
         return image_frame(*read_images(task.source, root), task.target)
+    if task.kind == "sequence" and not task.source.is_table:
+        from modelyard.data.images import read_labelled_arrays
+
+        sequence = task.features.sequence
+        labels = root / task.source.labels if task.source.labels else None
+        x, y = read_labelled_arrays(root / str(task.source.path), labels)
+        return conform(sequence_frame(x, y, sequence.id, sequence.step, task.target), task.schema_)
     return conform(read_source(task.source, root), task.schema_)
+
+
+def sequence_frame(x: np.ndarray, labels: np.ndarray, id_column: str, step_column: str, target: str) -> pd.DataFrame:
+    """Long-format rows from equal-length sequences (n, steps, channels): one row per step,
+    channels as columns x0, x1, ..."""
+    x = np.asarray(x, dtype=float)
+    x = x[..., None] if x.ndim == 2 else x
+    if x.ndim != 3:
+        raise ModelyardError(f"sequence arrays are shaped {x.shape}", "save them as (n, steps) or (n, steps, channels)")
+    n_sequences, n_steps, n_channels = x.shape
+    frame = pd.DataFrame(x.reshape(-1, n_channels), columns=[f"x{i}" for i in range(n_channels)])
+    frame.insert(0, step_column, np.tile(np.arange(n_steps), n_sequences))
+    frame.insert(0, id_column, np.repeat(np.arange(n_sequences), n_steps))
+    frame[target] = np.repeat(np.asarray(labels).astype(str), n_steps)
+    return frame
 
 
 def read_source(source: SourceSettings, root: Path) -> pd.DataFrame:

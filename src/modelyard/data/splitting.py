@@ -34,6 +34,16 @@ def split_frame(
     return train.reset_index(drop=True), val.reset_index(drop=True), test.reset_index(drop=True)
 
 
+def split_groups(
+    frame: pd.DataFrame, group: str, target: str, split: SplitSettings, *, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Split whole groups (the rows of one sequence stay together), stratified on each
+    group's first label."""
+    labels = frame.groupby(group, sort=True)[target].first().reset_index()
+    parts = split_frame(labels, target, split, classification=True, seed=seed)
+    return tuple(frame[frame[group].isin(part[group])].reset_index(drop=True) for part in parts)
+
+
 def split_series(
     frame: pd.DataFrame, time: str, split: SplitSettings
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -11,20 +11,23 @@ from __future__ import annotations
 from modelyard.config import TaskSettings
 from modelyard.features.images import ImagePreprocessor
 from modelyard.features.preprocessing import TabularPreprocessor, tabular_preprocessor
+from modelyard.features.sequences import SequencePreprocessor, sequence_labels
 from modelyard.features.target import TargetCodec
 from modelyard.features.text import TextPreprocessor
 from modelyard.features.windows import SeriesPreprocessor
 
-Preprocessor = TabularPreprocessor | ImagePreprocessor | TextPreprocessor | SeriesPreprocessor
+Preprocessor = TabularPreprocessor | ImagePreprocessor | TextPreprocessor | SeriesPreprocessor | SequencePreprocessor
 
 __all__ = [
     "ImagePreprocessor",
     "Preprocessor",
+    "SequencePreprocessor",
     "SeriesPreprocessor",
     "TabularPreprocessor",
     "TargetCodec",
     "TextPreprocessor",
     "build_preprocessor",
+    "sequence_labels",
 ]
 
 
@@ -46,4 +49,8 @@ def build_preprocessor(task: TaskSettings, seed: int = 0) -> Preprocessor:
             series.season,
             schema.frequency,
         )
+    if task.kind == "sequence":
+        sequence = task.features.sequence
+        columns = [c for c in task.schema_.names("numeric") if c not in (sequence.id, sequence.step)]
+        return SequencePreprocessor(sequence.id, sequence.step, columns, sequence.max_length)
     return tabular_preprocessor(task, seed)

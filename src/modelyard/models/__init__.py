@@ -6,10 +6,10 @@ from torch import nn
 
 from modelyard.config import Hyperparams
 from modelyard.models.cnn import CNN
-from modelyard.models.lstm import LSTMNet
+from modelyard.models.lstm import LSTMNet, MaskedLSTM
 from modelyard.models.mlp import MLP
 
-__all__ = ["CNN", "MLP", "LSTMNet", "build_model"]
+__all__ = ["CNN", "MLP", "LSTMNet", "MaskedLSTM", "build_model"]
 
 
 def build_model(
@@ -18,10 +18,12 @@ def build_model(
     n_outputs: int,
     hparams: Hyperparams,
     vocab_size: int | None = None,
+    masked: bool = False,
 ) -> nn.Module:
     """The network for a model family, sized for one sample's input shape (features for
     `ann`; channels, height, width for `cnn`; steps and features, or steps of token ids when
-    `vocab_size` is given, for `lstm`) and built from hyperparameters."""
+    `vocab_size` is given, for `lstm`) and built from hyperparameters. `masked`: the LSTM's
+    last input channel is a step mask (padded sequence classification)."""
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     if family == "ann":
         return MLP(
@@ -45,9 +47,9 @@ def build_model(
             dropout=hparams.dropout,
         )
     if family == "lstm":
-        return LSTMNet(
+        return (MaskedLSTM if masked else LSTMNet)(
             n_outputs,
-            n_features=None if vocab_size else shape[-1],
+            n_features=None if vocab_size else shape[-1] - int(masked),
             vocab_size=vocab_size,
             embed_dim=hparams.embed_dim,
             hidden_size=hparams.hidden_size,

@@ -68,3 +68,12 @@ class LSTMNet(nn.Module):
         _, (h_n, _) = self.lstm(x)
         last = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.lstm.bidirectional else h_n[-1]
         return self.head(self.dropout(last))
+
+
+class MaskedLSTM(LSTMNet):
+    """An LSTMNet for padded numeric sequences whose last input channel marks the real steps
+    (1) and the padding (0): the lengths travel inside the input, so the one training loop
+    feeds it like any other network, and the batch is still packed."""
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        return super().forward(x[..., :-1], x[..., -1].sum(dim=1).round().long())
