@@ -458,7 +458,7 @@ def _exit_with_parent() -> None:
 
     def watch() -> None:
         while os.getppid() == parent:
-            threading.Event().wait(1.0)
+            threading.Event().wait(0.1)
         os._exit(70)
 
     threading.Thread(target=watch, name="modelyard-parent-watch", daemon=True).start()

@@ -9,6 +9,7 @@ all leave the champion where it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -280,6 +281,9 @@ def test_served_champion_answers_http(noise_champion: Path, tmp_path: Path, monk
     use_store(noise_champion, monkeypatch)
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
+    # mlflow starts `uvicorn` by name: the environment's bin folder must be on PATH, as it is
+    # in an activated venv (make test runs pytest without activating it).
+    monkeypatch.setenv("PATH", f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     command = ["models", "serve", "-m", "models:/toy@champion", "--env-manager", "local", "--host", "127.0.0.1"]
     server = subprocess.Popen(
         [str(mlflow_cli), *command, "--port", str(port)],
@@ -308,7 +312,8 @@ def test_served_champion_answers_http(noise_champion: Path, tmp_path: Path, monk
         assert [row["label"] for row in answer] == local["label"].tolist()
         assert [row["probability"] for row in answer] == pytest.approx(local["probability"].tolist(), abs=1e-6)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 

@@ -185,7 +185,9 @@ def test_killed_workers_trials_fail_and_the_study_completes(
     (their processes are gone; no need to wait out the heartbeat's grace period)."""
     n_trials = 5
     storage_url = pg_url(optuna_db)
-    root = copy_project(template, tmp_path, tune={"n_trials": n_trials, "max_epochs": 6, "storage": storage_url})
+    # Trials long enough (30 epochs) that one is surely still running when the workers see
+    # their parent die; a toy trial of a few epochs can finish inside that moment.
+    root = copy_project(template, tmp_path, tune={"n_trials": n_trials, "max_epochs": 30, "storage": storage_url})
     log = tmp_path / "tune.log"
     process = start_stage(root, "tune", "--workers", "2", log=log)
     storage = optuna.storages.RDBStorage(tracking.driver_url(storage_url))
