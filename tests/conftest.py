@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,14 @@ def project(tmp_path: Path, mlflow_uri: str) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(toy_params()))
     toy_frame().to_csv(root / "data" / "sources" / "toy.csv", index=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one CPU thread for a module (the CI machine has two cores), then as before."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -179,9 +179,7 @@ def run(root: Path, task: str, *stages: str) -> Context:
     return ctx
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cnn_on_an_image_folder_end_to_end(tmp_path: Path, mlflow_uri: str) -> None:

@@ -9,13 +9,7 @@ from torch import nn
 from modelyard.models.cnn import CNN
 from modelyard.models.lstm import LSTMNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def generator(seed: int = 0) -> torch.Generator:

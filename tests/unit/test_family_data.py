@@ -38,13 +38,7 @@ from modelyard.features.windows import (
     seasonal_naive,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gray(seed: int, size: tuple[int, int] = (6, 5)) -> np.ndarray:
