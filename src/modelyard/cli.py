@@ -87,8 +87,8 @@ def _add_lifecycle_commands(commands: argparse._SubParsersAction) -> None:
         )
     commands.choices["rollback"].add_argument("--to", type=_positive_int, metavar="VERSION", help="version to restore")
     command("history", "which version was champion when, and why")
-    predict = command("predict", "score raw rows of a CSV / Parquet file with the champion")
-    predict.add_argument("--input", type=Path, required=True, help="CSV or Parquet file of raw rows")
+    predict = command("predict", "score raw input (CSV / Parquet rows, or .npy / .npz images) with the champion")
+    predict.add_argument("--input", type=Path, required=True, help="CSV / Parquet rows, or .npy / .npz images")
     predict.add_argument("--output", type=Path, required=True, help="CSV or Parquet file to write")
     predict.add_argument("--version", type=_positive_int, help="a registered version instead of the champion")
 
@@ -139,7 +139,7 @@ def run_lifecycle(args: argparse.Namespace, root: Path, settings: Settings) -> i
         rows = lifecycle.history(root, args.task)
         print(lifecycle.format_history(rows) if rows else f"no decisions recorded for task {args.task} yet")
     else:
-        lifecycle.predict_file(root, args.task, args.input, args.output, args.version)
+        lifecycle.predict_file(root, settings, args.task, args.input, args.output, args.version)
     return 0
 
 

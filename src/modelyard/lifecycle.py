@@ -24,12 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from modelyard import registry, tracking
-from modelyard.config import Settings, SourceSettings
+from modelyard.config import Settings, SourceSettings, TaskSettings
 from modelyard.console import say
-from modelyard.data.sources import frame_hash, read_table, read_task_frame
+from modelyard.data.sources import conform, frame_hash, read_table, read_task_frame
 from modelyard.errors import ModelyardError
 from modelyard.files import atomic_path, write_json
 from modelyard.stages import STAGES, Context, register_model, tune
@@ -379,12 +380,32 @@ def rollback(
         return {"champion": int(target), "previous": int(current_version), "reason": reason}
 
 
-def predict_file(root: Path, task_name: str, input_path: Path, output_path: Path, version: int | None = None) -> int:
-    """Score the raw rows of a CSV / Parquet file with the champion (or `version`); write the
-    input columns plus the prediction columns to `output_path`. Returns the row count."""
+def read_model_input(path: Path, task: TaskSettings) -> pd.DataFrame | np.ndarray:
+    """Raw input for a task's model from a file: images from .npy / .npz (the `x` or
+    `images` array), else the rows of a CSV / Parquet file read as the schema declares."""
+    if path.suffix.lower() in (".npy", ".npz"):
+        if task.kind != "images":
+            raise ModelyardError(f"{path}: arrays are input for image tasks", "give a .csv or .parquet file")
+        from modelyard.data.images import read_unlabelled_images
+
+        return read_unlabelled_images(path).astype(np.float32)
+    return conform(read_table(path), task.schema_)
+
+
+def predict_file(
+    root: Path, settings: Settings, task_name: str, input_path: Path, output_path: Path, version: int | None = None
+) -> int:
+    """Score raw input with the champion (or `version`) and write the predictions to
+    `output_path`; returns the number of rows written.
+
+    Tabular and text rows keep their input columns beside `predicted_*` columns. Images
+    (a .npy / .npz file) get one row per image, a series one row per forecast step (origin,
+    time, step, value), sequences one row per id: their rows do not match input rows.
+    """
+    task = settings.task(task_name)
     if output_path.suffix.lower() not in PREDICTION_SUFFIXES:
         raise ModelyardError(f"--output {output_path}: not a .csv or .parquet file", "name a .csv or .parquet file")
-    frame = read_table(input_path)
+    data = read_model_input(input_path, task)
     client = tracking.connect(root)
     which = f"version {version}" if version else "champion"
     if version is None and registry.champion_version(client, task_name) is None:
@@ -396,21 +417,27 @@ def predict_file(root: Path, task_name: str, input_path: Path, output_path: Path
             f"the {which} of model {task_name} cannot be loaded ({type(exc).__name__}: {exc})",
             "check the version with: modelyard history --task " + task_name,
         ) from None
-    expected = model.metadata.get_input_schema().input_names()
-    missing = [c for c in expected if c not in frame.columns]
-    if missing:
-        raise ModelyardError(
-            f"{input_path} lacks column(s) the model needs: {', '.join(missing)}",
-            f"the model reads: {', '.join(expected)}",
-        )
+    if isinstance(data, pd.DataFrame):
+        expected = model.metadata.get_input_schema().input_names()
+        missing = [c for c in expected if c not in data.columns]
+        if missing:
+            raise ModelyardError(
+                f"{input_path} lacks column(s) the model needs: {', '.join(missing)}",
+                f"the model reads: {', '.join(expected)}",
+            )
+        data = data[expected]
     try:
-        predictions = model.predict(frame[expected])
+        predictions = model.predict(data if not isinstance(data, pd.DataFrame) else data.reset_index(drop=True))
     except Exception as exc:
         raise ModelyardError(
             f"the {which} of model {task_name} could not score {input_path}: {str(exc).strip()[:2000]}",
             "check the column types against the model's signature (modelyard history shows its version)",
         ) from None
-    result = pd.concat([frame.reset_index(drop=True), predictions.add_prefix("predicted_")], axis=1)
+    if task.kind in ("tabular", "text"):
+        inputs = read_table(input_path).reset_index(drop=True)
+        result = pd.concat([inputs, predictions.add_prefix("predicted_")], axis=1)
+    else:
+        result = predictions
     with atomic_path(output_path) as temporary:
         if output_path.suffix.lower() == ".csv":
             result.to_csv(temporary, index=False)

@@ -194,6 +194,11 @@ def test_cnn_on_an_image_folder_end_to_end(tmp_path: Path, mlflow_uri: str) -> N
     predicted = model.predict(images[..., None])  # (N, H, W, C), the registered signature
     assert (predicted["label"].to_numpy() == np.array(SHAPES * 3)).mean() >= 0.75
     assert {f"prob_{kind}" for kind in SHAPES} <= set(predicted.columns)
+    np.save(tmp_path / "images.npy", images.astype(np.uint8))  # (N, H, W): the CLI adds the channel
+    out = tmp_path / "scored.csv"
+    args = ["--input", str(tmp_path / "images.npy"), "--output", str(out)]
+    assert main(["predict", "--task", "shapes", "--params", str(ctx.root / "params.yaml"), *args]) == 0
+    assert pd.read_csv(out)["label"].tolist() == predicted["label"].tolist()  # one row per image
 
 
 def test_lstm_forecaster_beats_the_seasonal_naive_baseline(tmp_path: Path, mlflow_uri: str) -> None:
@@ -210,6 +215,13 @@ def test_lstm_forecaster_beats_the_seasonal_naive_baseline(tmp_path: Path, mlflo
     assert future["step"].tolist() == [1, 2]
     assert future["time"].tolist() == [history["week"].max() + pd.Timedelta(weeks=k) for k in (1, 2)]
     assert future["level"].between(290, 330).all()
+    history.to_csv(tmp_path / "history.csv", index=False)  # dates as text, read back by the schema
+    out = tmp_path / "forecast.csv"
+    args = ["--input", str(tmp_path / "history.csv"), "--output", str(out)]
+    assert main(["predict", "--task", "weekly", "--params", str(ctx.root / "params.yaml"), *args]) == 0
+    written = pd.read_csv(out)
+    assert len(written) == (30 - 26 + 1) * 2 and list(written.columns) == ["origin", "time", "step", "level"]
+    assert written["level"].tolist() == pytest.approx(forecast["level"].tolist())
 
 
 def test_lstm_text_classifier_end_to_end(tmp_path: Path, mlflow_uri: str) -> None:

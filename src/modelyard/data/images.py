@@ -132,6 +132,25 @@ def read_labelled_arrays(path: str | Path, labels_path: str | Path | None = None
     return x, _paired(x, y, file)[1]
 
 
+def read_unlabelled_images(path: str | Path) -> np.ndarray:
+    """Images to score, (N, H, W, C): a .npy array, or the `x` / `images` array of a .npz
+    (labels, if the file has them, are not needed)."""
+    file = Path(path)
+    if file.suffix.lower() == ".npy":
+        return as_image_layout(_load_npy(file), file)
+    if not file.is_file():
+        raise ModelyardError(f"{file} does not exist", "check the path")
+    with np.load(file, allow_pickle=False) as archive:
+        keys = {k.lower(): k for k in archive.files}
+        for name in ("x", "images"):
+            if name in keys:
+                return as_image_layout(_loaded(archive, keys[name], file), file)
+        raise ModelyardError(
+            f"{file} holds the arrays {', '.join(archive.files) or '(none)'}; expected x or images",
+            "save it with np.savez(path, x=images)",
+        )
+
+
 def _read_npz(file: Path) -> tuple[np.ndarray, np.ndarray]:
     if not file.is_file():
         raise ModelyardError(f"{file} does not exist", "check the path")
