@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from modelyard.config import Hyperparams, Problem, SchemaSettings
+from modelyard.data.images import IMAGE_COLUMNS
 from modelyard.data.sources import conform
 from modelyard.errors import ModelyardError
 from modelyard.features import Preprocessor, TargetCodec
@@ -29,7 +30,6 @@ from modelyard.training import predict
 FORMAT_VERSION = 1
 REFERENCE_FILE = "reference.parquet"
 REFERENCE_ROWS = 5000
-IMAGE_COLUMNS = ("pixels", "height", "width", "channels")
 
 
 @dataclass

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from modelyard import registry, tracking
-from modelyard.config import Settings, SourceSettings, TaskSettings
+from modelyard.config import Settings, SourceSettings
 from modelyard.console import say
 from modelyard.data.sources import conform, frame_hash, read_table, read_task_frame
 from modelyard.errors import ModelyardError
@@ -380,18 +380,6 @@ def rollback(
         return {"champion": int(target), "previous": int(current_version), "reason": reason}
 
 
-def read_model_input(path: Path, task: TaskSettings) -> pd.DataFrame | np.ndarray:
-    """Raw input for a task's model from a file: images from .npy / .npz (the `x` or
-    `images` array), else the rows of a CSV / Parquet file read as the schema declares."""
-    if path.suffix.lower() in (".npy", ".npz"):
-        if task.kind != "images":
-            raise ModelyardError(f"{path}: arrays are input for image tasks", "give a .csv or .parquet file")
-        from modelyard.data.images import read_unlabelled_images
-
-        return read_unlabelled_images(path).astype(np.float32)
-    return conform(read_table(path), task.schema_)
-
-
 def predict_file(
     root: Path, settings: Settings, task_name: str, input_path: Path, output_path: Path, version: int | None = None
 ) -> int:
@@ -405,7 +393,16 @@ def predict_file(
     task = settings.task(task_name)
     if output_path.suffix.lower() not in PREDICTION_SUFFIXES:
         raise ModelyardError(f"--output {output_path}: not a .csv or .parquet file", "name a .csv or .parquet file")
-    data = read_model_input(input_path, task)
+    rows = None  # the file's rows as written, kept beside tabular and text predictions
+    if input_path.suffix.lower() in (".npy", ".npz"):
+        if task.kind != "images":
+            raise ModelyardError(f"{input_path}: arrays are input for image tasks", "give a .csv or .parquet file")
+        from modelyard.data.images import read_unlabelled_images
+
+        data = read_unlabelled_images(input_path).astype(np.float32)
+    else:
+        rows = read_table(input_path).reset_index(drop=True)
+        data = conform(rows, task.schema_)
     client = tracking.connect(root)
     which = f"version {version}" if version else "champion"
     if version is None and registry.champion_version(client, task_name) is None:
@@ -427,15 +424,14 @@ def predict_file(
             )
         data = data[expected]
     try:
-        predictions = model.predict(data if not isinstance(data, pd.DataFrame) else data.reset_index(drop=True))
+        predictions = model.predict(data)
     except Exception as exc:
         raise ModelyardError(
             f"the {which} of model {task_name} could not score {input_path}: {str(exc).strip()[:2000]}",
             "check the column types against the model's signature (modelyard history shows its version)",
         ) from None
-    if task.kind in ("tabular", "text"):
-        inputs = read_table(input_path).reset_index(drop=True)
-        result = pd.concat([inputs, predictions.add_prefix("predicted_")], axis=1)
+    if rows is not None and task.kind in ("tabular", "text"):
+        result = pd.concat([rows, predictions.add_prefix("predicted_")], axis=1)
     else:
         result = predictions
     with atomic_path(output_path) as temporary:

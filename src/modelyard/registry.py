@@ -155,8 +155,6 @@ def decision_tags(event: str, decision: dict[str, Any]) -> dict[str, str]:
         TAG_OUTCOME: "promoted" if promoted else "kept champion",
         TAG_REASON: decision["reason"][:4000],
         TAG_CANDIDATE: str(decision["version"]),
-        "modelyard.registered_version": str(decision["version"]),
-        "modelyard.decision": decision["reason"][:4000],
     }
     if decision["champion_version"] is not None:
         tags[TAG_CHAMPION] = str(decision["champion_version"])

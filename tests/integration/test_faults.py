@@ -22,63 +22,21 @@ import optuna
 import pytest
 import torch
 import yaml
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from modelyard import tracking, tuning
 from modelyard.cli import main
-from modelyard.config import load_settings
 from modelyard.errors import ModelyardError
 from modelyard.redaction import redact
 from modelyard.stages import STAGES, Context
-from tests.conftest import REPO, toy_frame, toy_params
+from tests.conftest import REPO
+from tests.integration.helpers import context, copy_project, migrated_sqlite, wait_for
 
-UPSTREAM = ("ingest", "validate", "split", "featurize")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 # ---------------------------------------------------------------- helpers (also used by test_postgres)
-
-
-def featurized_template(factory: pytest.TempPathFactory) -> Path:
-    """A toy project with its data stages done, built once per session; copy it, don't change it."""
-    root = factory.getbasetemp() / "featurized-toy" / "project"
-    if not (root / "data" / "toy" / "features.npz").is_file():
-        shutil.rmtree(root.parent, ignore_errors=True)
-        (root / "data" / "sources").mkdir(parents=True)
-        shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-        (root / "params.yaml").write_text(yaml.safe_dump(toy_params()))
-        toy_frame().to_csv(root / "data" / "sources" / "toy.csv", index=False)
-        context = Context(root, load_settings(root / "params.yaml"), "toy")
-        for stage in UPSTREAM:
-            STAGES[stage](context)
-    return root
-
-
-def migrated_sqlite(factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow sqlite store with its tables made, once per session (migrations take seconds)."""
-    path = factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not path.is_file():
-        path.parent.mkdir(exist_ok=True)
-        SqlAlchemyStore(f"sqlite:///{path}", str(path.parent / "unused")).engine.dispose()
-    return path
-
-
-def copy_project(source: Path, folder: Path, **sections: dict) -> Path:
-    """A copy of a project at `folder/project`; `sections` update the toy task's params
-    (`tune={"n_trials": 6}` updates tasks.toy.tune)."""
-    root = folder / "project"
-    shutil.copytree(source, root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for name, values in sections.items():
-        params["tasks"]["toy"].setdefault(name, {}).update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return root
-
-
-def context(root: Path) -> Context:
-    return Context(root, load_settings(root / "params.yaml"), "toy")
 
 
 def study_of(root: Path, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
@@ -133,17 +91,6 @@ def assert_study_recovered(study: optuna.Study, client: MlflowClient, n_trials: 
     assert all(r.info.status != "RUNNING" for r in runs_of(client))
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
-    """Poll `condition()` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def trial_snapshot(study: optuna.Study) -> dict[int, tuple[TrialState, float | None]]:
     return {t.number: (t.state, t.value) for t in study.get_trials()}
 
@@ -166,20 +113,6 @@ def start_stage(root: Path, stage: str, *args: str, log: Path) -> subprocess.Pop
 def kill(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return featurized_template(tmp_path_factory)
-
-
-@pytest.fixture
-def mlflow_store(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh MLflow sqlite store for one test, as MLFLOW_TRACKING_URI."""
-    shutil.copy(migrated_sqlite(tmp_path_factory), tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
 
 
 # ---------------------------------------------------------------- tune: kill -9, NaN, OOM

@@ -31,7 +31,7 @@ from modelyard import lifecycle
 from modelyard.cli import build_parser, main
 from modelyard.stages import STAGES
 from tests.conftest import REPO, toy_frame
-from tests.integration.test_faults import context, copy_project, featurized_template, migrated_sqlite, wait_for
+from tests.integration.helpers import context, copy_project, featurized_template, migrated_sqlite, wait_for
 
 SHRUNK = {
     "tune": {"n_trials": 2, "max_epochs": 3},

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,21 +30,17 @@ from optuna.trial import TrialState
 from modelyard import tracking, tuning
 from modelyard.cli import main
 from modelyard.stages import STAGES
+from tests.integration.helpers import context, copy_project, wait_for
 from tests.integration.test_faults import (
     FINISHED,
     assert_study_recovered,
     child_runs,
-    context,
-    copy_project,
-    featurized_template,
     kill,
     mid_study,
-    migrated_sqlite,
     runs_of,
     start_stage,
     study_of,
     trial_snapshot,
-    wait_for,
 )
 
 SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
@@ -94,19 +89,6 @@ def pg_url(name: str, password: str | None = None, driver: str = "postgresql") -
 def mlflow_url(name: str) -> str:
     # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the project pins psycopg2.
     return pg_url(name, MLFLOW_PASSWORD, driver="postgresql+psycopg2")
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return featurized_template(tmp_path_factory)
-
-
-@pytest.fixture
-def mlflow_store(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> str:
-    shutil.copy(migrated_sqlite(tmp_path_factory), tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
 
 
 @pytest.fixture(scope="module")

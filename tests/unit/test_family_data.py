@@ -10,7 +10,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -24,19 +23,10 @@ from modelyard.data.images import (
     read_idx,
     read_idx_images,
     read_image_folder,
-    to_network_input,
 )
 from modelyard.errors import ModelyardError
 from modelyard.features.augment import ImageAugmenter, affine_matrices
 from modelyard.features.text import TextVectorizer
-from modelyard.features.windows import (
-    SeriesScaler,
-    chronological_split,
-    long_format_to_sequences,
-    make_windows,
-    pad_sequences,
-    seasonal_naive,
-)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -204,14 +194,11 @@ def test_idx_count_mismatch_says_both_counts(tmp_path: Path) -> None:
         read_idx_images(tmp_path / "images.idx", tmp_path / "labels.idx")
 
 
-def test_flat_square_rows_become_images_and_network_input_is_channels_first() -> None:
+def test_flat_square_rows_become_images() -> None:
     flat = np.arange(2 * 784).reshape(2, 784) % 256
     images = as_image_layout(flat.astype(np.uint8))
     assert images.shape == (2, 28, 28, 1)
     assert images[0, 1, 0, 0] == 28
-    x = to_network_input(images)
-    assert x.shape == (2, 1, 28, 28) and x.dtype == np.float32
-    assert x.max() == 1.0 and x[0, 0, 1, 0] == pytest.approx(28 / 255)
     with pytest.raises(ModelyardError, match=r"shaped \(2, 10\)"):
         as_image_layout(np.zeros((2, 10)))
 
@@ -309,122 +296,6 @@ def test_small_rotations_change_images_but_keep_a_centred_blob() -> None:
     assert torch.allclose(out.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2, 3)), rtol=0.1)
     with pytest.raises(ValueError, match=">= 0"):
         ImageAugmenter(max_shift=-1)
-
-
-# --- forecasting windows -----------------------------------------------------------------
-
-
-def series(n_steps: int = 10) -> np.ndarray:
-    """Two columns: t and 100 + t."""
-    steps = np.arange(n_steps, dtype=np.float64)
-    return np.stack([steps, 100 + steps], axis=1)
-
-
-def test_windows_hold_the_past_as_inputs_and_the_next_steps_as_targets() -> None:
-    x, y = make_windows(series(10), window=3, horizon=2, target_cols=[0, 1])
-    assert x.shape == (6, 3, 2) and y.shape == (6, 4)
-    assert x[0, :, 0].tolist() == [0, 1, 2] and x[0, :, 1].tolist() == [100, 101, 102]
-    assert y[0].tolist() == [3, 103, 4, 104]  # step by step: (t+3: both targets), (t+4: both)
-    assert y[-1].tolist() == [8, 108, 9, 109]
-    _, y_one = make_windows(series(10), window=3, horizon=2, target_cols=[1])
-    assert y_one[2].tolist() == [105, 106]
-
-
-def test_too_short_a_series_says_the_lengths() -> None:
-    with pytest.raises(ModelyardError, match="has 4 time steps; window 3 \\+ horizon 2 needs at least 5"):
-        make_windows(series(4), window=3, horizon=2, target_cols=[0])
-    with pytest.raises(ModelyardError, match="training period has 4 time steps"):
-        chronological_split(12, val_size=4, test_size=4, window=3, horizon=2)
-
-
-def test_split_targets_stay_inside_their_period() -> None:
-    n_steps, window, horizon = 20, 3, 2
-    split = chronological_split(n_steps, val_size=4, test_size=4, window=window, horizon=horizon)
-    assert (split.train_end, split.val_end) == (12, 16)
-    _, y = make_windows(series(n_steps), window, horizon, target_cols=[0])
-    bounds = {"train": (0, 12), "val": (12, 16), "test": (16, 20)}
-    for name, (start, stop) in bounds.items():
-        rows = getattr(split, name)
-        targets = y[list(rows)]
-        assert targets.min() >= start and targets.max() < stop, name
-        # Every window whose targets fit in the period is used: none is lost at a boundary.
-        assert len(rows) == stop - start - horizon + (1 if name != "train" else 1 - window)
-    assert split.val.start == 12 - window  # validation inputs look back into the training period
-    assert chronological_split(100, 0.2, 0.1, 5, 1).train_end == 70
-
-
-def test_scaler_is_fitted_on_the_training_period_only() -> None:
-    values = series(20)
-    split = chronological_split(20, val_size=4, test_size=4, window=3, horizon=2)
-    scaler = SeriesScaler().fit(values[: split.train_end])
-    np.testing.assert_allclose(scaler.mean_, [5.5, 105.5])
-    scaled = scaler.transform(values)
-    np.testing.assert_allclose(scaled[: split.train_end].mean(axis=0), 0, atol=1e-6)
-    assert scaled[-1, 0] > 2  # later steps lie beyond the training range, not squeezed into it
-    np.testing.assert_allclose(scaler.inverse_transform(scaled), values, atol=1e-4)
-    np.testing.assert_allclose(scaler.inverse_transform(scaled[:, [1]], columns=[1]), values[:, [1]], atol=1e-4)
-    with pytest.raises(NotFittedError):
-        SeriesScaler().transform(values)
-
-
-def test_seasonal_naive_repeats_the_last_season() -> None:
-    history = np.arange(10.0)
-    assert seasonal_naive(history, season=4, horizon=6).tolist() == [6, 7, 8, 9, 6, 7]
-    assert seasonal_naive(history, season=1, horizon=3).tolist() == [9, 9, 9]
-    x, _ = make_windows(series(10), window=4, horizon=2, target_cols=[0])
-    batched = seasonal_naive(x, season=2, horizon=3)
-    assert batched.shape == (len(x), 3, 2)
-    assert batched[0, :, 0].tolist() == [2, 3, 2]
-    with pytest.raises(ModelyardError, match="season 12 needs at least 12 steps"):
-        seasonal_naive(history, season=12, horizon=1)
-
-
-# --- variable-length sequences -----------------------------------------------------------
-
-
-def test_pad_sequences_right_pads_with_zeros() -> None:
-    padded, lengths = pad_sequences([np.ones((2, 3)), np.full((4, 3), 2.0), np.array([[5.0, 6.0, 7.0]])])
-    assert padded.shape == (3, 4, 3) and padded.dtype == np.float32
-    assert lengths.tolist() == [2, 4, 1]
-    assert (padded[0, 2:] == 0).all() and (padded[0, :2] == 1).all()
-    assert padded[2, 0].tolist() == [5, 6, 7]
-    with pytest.raises(ModelyardError, match="sequence 1 is shaped"):
-        pad_sequences([np.ones((2, 3)), np.ones((2, 2))])
-    with pytest.raises(ModelyardError, match="sequence 0 is empty"):
-        pad_sequences([np.ones((0, 3))])
-
-
-def long_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "id": ["b", "a", "b", "a", "a"],
-            "step": [1, 2, 0, 0, 1],
-            "f1": [11.0, 2.0, 10.0, 0.0, 1.0],
-            "f2": [0.5, 0.5, 0.5, 0.5, 0.5],
-            "label": ["up", "down", "up", "down", "down"],
-        }
-    )
-
-
-def test_long_format_becomes_sequences_in_step_order() -> None:
-    sequences, labels = long_format_to_sequences(long_frame(), "id", "step", ["f1", "f2"], "label")
-    assert labels.tolist() == ["down", "up"]  # ids a, b
-    assert sequences[0][:, 0].tolist() == [0, 1, 2]
-    assert sequences[1][:, 0].tolist() == [10, 11]
-    assert sequences[0].shape == (3, 2)
-
-
-def test_long_format_label_problems_name_the_id() -> None:
-    frame = long_frame()
-    frame.loc[0, "label"] = "down"
-    with pytest.raises(ModelyardError, match="sequence 'b' has 2 labels"):
-        long_format_to_sequences(frame, "id", "step", ["f1"], "label")
-    frame = long_frame()
-    frame.loc[1, "label"] = None
-    with pytest.raises(ModelyardError, match="sequence 'a' has a missing label"):
-        long_format_to_sequences(frame, "id", "step", ["f1"], "label")
-    with pytest.raises(ModelyardError, match=r"column\(s\) f9 not in the table"):
-        long_format_to_sequences(long_frame(), "id", "step", ["f9"], "label")
 
 
 # --- text --------------------------------------------------------------------------------

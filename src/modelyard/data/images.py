@@ -2,8 +2,9 @@
 
 Every reader returns `(images, labels)` with images in one layout: (N, H, W, C), as stored
 (uint8 0..255 for image files, IDX and the built-in sets; arrays keep their dtype), C = 1
-for grayscale. `to_network_input` turns that into the float32 (N, C, H, W) in [0, 1] that
-`CNN` takes. The number of images and labels always agree, or the reader raises.
+for grayscale. `features.images.ImagePreprocessor` turns that into the float32
+(N, C, H, W) in [0, 1] that `CNN` takes. The number of images and labels always agree,
+or the reader raises.
 """
 
 from __future__ import annotations
@@ -291,18 +292,11 @@ def _paired(images: np.ndarray, labels: np.ndarray, source: Path) -> tuple[np.nd
     return images, labels
 
 
-def to_network_input(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) images -> float32 (N, C, H, W); uint8 is scaled from 0..255 to 0..1."""
-    x = np.asarray(images)
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(scale)
-
-
 def builtin_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits: 1,797 images uint8 (N, 8, 8, 1) and int64 labels 0..9.
 
     The source values run 0..16; they are scaled to 0..255 (x * 255 / 16, rounded) so that
-    every image source shares the uint8 0..255 convention of `to_network_input`.
+    every image source shares the uint8 0..255 convention.
     """
     from sklearn.datasets import load_digits
 
@@ -342,6 +336,9 @@ def read_images(source: SourceSettings, root: Path) -> tuple[np.ndarray, np.ndar
     if labels is None:
         raise ModelyardError(f"{path} is read as an IDX images file, which needs its labels file", "set source.labels")
     return read_idx_images(path, labels)
+
+
+IMAGE_COLUMNS = ("pixels", "height", "width", "channels")  # what `image_frame` gives a model
 
 
 def image_frame(images: np.ndarray, labels: np.ndarray, target: str) -> pd.DataFrame:
