@@ -56,7 +56,9 @@ class ModelBundle:
             return [self.preprocessor.time, *self.preprocessor.columns]
         if self.kind == "sequence":
             return [self.preprocessor.id_column, self.preprocessor.step_column, *self.preprocessor.columns]
-        return [c for c in self.schema.columns if c != self.target]
+        # The preprocessor's columns, not every schema column: a split column is declared but no feature.
+        used = {*self.preprocessor.categorical, *self.preprocessor.numeric}
+        return [c for c in self.schema.columns if c in used]
 
     def predict(self, data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
         """Raw input in, a frame out: `probability` and `label` (binary: probability of the

@@ -117,6 +117,9 @@ class SourceSettings(Frozen):
 
     builtin: Literal["adult", "digits", "mnist", "co2"] | None = None
     path: str | None = None
+    # A separate file of test rows (same columns as `path`), e.g. a published test split:
+    # those rows are the test split exactly, and validation comes from the `path` rows.
+    test: str | None = None
     labels: str | None = None  # the labels file of a .npy or IDX images file
     na_values: tuple[str, ...] = ()
 
@@ -142,9 +145,14 @@ class SourceSettings(Frozen):
 
 
 class SplitSettings(Frozen):
+    """How rows are split. `column` names a column holding `train` / `val` / `test` per row
+    (a published split): those rows are used as marked, and when no row is marked `val`,
+    validation is `val_size` of the `train` rows. The column is never a feature."""
+
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
     val_size: float = Field(0.2, gt=0.0, lt=1.0)
     stratify: bool = True
+    column: str | None = None
 
 
 class SeriesSettings(Frozen):
@@ -162,7 +170,7 @@ class TextSettings(Frozen):
 
     column: str
     max_vocab: int = Field(20000, ge=3)
-    max_length: int = Field(200, ge=1)
+    max_length: int | None = Field(None, ge=1)  # default: the 95th percentile of the training texts' lengths
     min_freq: int = Field(1, ge=1)
     lowercase: bool = True
 
@@ -175,6 +183,9 @@ class SequenceSettings(Frozen):
     id: str
     step: str
     max_length: int | None = Field(None, ge=1)
+    # series: z-normalise each sequence's channels by their own mean and spread (the UCR
+    # convention: shape matters, not level); global: standardise with the training rows'.
+    normalize: Literal["series", "global"] = "series"
 
 
 class FeatureSettings(Frozen):
@@ -226,6 +237,11 @@ class Hyperparams(Frozen):
     max_shift: int = Field(0, ge=0)
     max_degrees: float = Field(0.0, ge=0.0, le=180.0)
     flip: bool = False
+    # The network of an `lstm`-family task: `auto` is the kind's default (`fcn` for sequence
+    # classification, `bag` for text, `lstm` for forecasting). fcn / resnet: the 1-D
+    # convolutional baselines of Wang et al. 2017; bag: a fastText-style bag of word and
+    # bigram embeddings.
+    arch: Literal["auto", "lstm", "fcn", "resnet", "bag"] = "auto"
 
     @field_validator("kernel_size")
     @classmethod
@@ -264,10 +280,16 @@ class Distribution(Frozen):
 
 
 class TuneSettings(Frozen):
+    """The Optuna study. `search_space` entries are searched; with `default_space` (the
+    default) the family's default space fills in every hyperparameter that neither
+    `search_space` nor the task's `model:` section sets (see `modelyard.search_space`).
+    `max_epochs` unset: sized from the data per trial (about 1,500 optimizer steps)."""
+
     n_trials: int = Field(20, ge=1)
-    max_epochs: int = Field(10, ge=1)
+    max_epochs: int | None = Field(None, ge=1)
     pruner: Literal["median", "hyperband", "none"] = "median"
     storage: str | None = None
+    default_space: bool = True
     search_space: dict[str, Distribution] = {}
 
     @model_validator(mode="after")
@@ -297,8 +319,14 @@ def _check_hparam_value(name: str, value: Any) -> None:
 
 
 class TrainSettings(Frozen):
-    max_epochs: int = Field(50, ge=1)
-    patience: int = Field(5, ge=1)
+    """The final training run (see `training` for the recipe). `max_epochs` unset: sized
+    from the data, about 3,000 optimizer steps (20 to 500 epochs)."""
+
+    max_epochs: int | None = Field(None, ge=1)
+    patience: int = Field(10, ge=1)
+    min_epochs: int = Field(5, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup: float = Field(0.05, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
 
 
@@ -413,6 +441,34 @@ class TaskSettings(Frozen):
         text = self.features.text
         if text is not None and (text.column not in columns or columns[text.column].type != "text"):
             raise ValueError(f"features.text.column {text.column!r} must be a text column in schema.columns")
+        self._check_split()
+        archs = {"series": ("lstm",), "sequence": ("fcn", "resnet", "lstm"), "text": ("bag", "lstm")}.get(self.kind, ())
+        searched = self.tune.search_space.get("arch")
+        for arch in {self.model.arch, *((searched.choices or ()) if searched else ())} - {"auto"}:
+            if arch not in archs:
+                raise ValueError(
+                    f"arch {arch!r} does not fit a {self.kind} task; "
+                    + (f"use one of: {', '.join(archs)}" if archs else "leave arch out (auto)")
+                )
+
+    def _check_split(self) -> None:
+        """A split column is a declared category column (never a feature); a test file is a table."""
+        column = self.split.column
+        if column is not None:
+            declared = self.schema_.columns.get(column)
+            if column == self.target or declared is None or declared.type != "category":
+                raise ValueError(
+                    f"split.column {column!r} must be a category column in schema.columns (not the target) "
+                    "holding train / val / test"
+                )
+            if self.kind in ("images", "series"):
+                raise ValueError(f"split.column does not apply to {self.kind} tasks")
+        test = self.source.test
+        if test is not None:
+            if not self.source.is_table or Path(test).suffix.lower() not in TABLE_SUFFIXES:
+                raise ValueError("source.test is a .csv or .parquet table of test rows, beside a table source.path")
+            if column is not None:
+                raise ValueError("give either source.test or split.column, not both")
 
     @property
     def kind(self) -> Literal["tabular", "images", "series", "sequence", "text"]:
@@ -426,6 +482,12 @@ class TaskSettings(Frozen):
             if getattr(self.features, kind) is not None:
                 return kind
         return "text"
+
+    @property
+    def arch(self) -> str:
+        """The network of an lstm-family task (the kind's default for `auto`)."""
+        default = {"sequence": "fcn", "text": "bag", "series": "lstm"}.get(self.kind, "auto")
+        return default if self.model.arch == "auto" else self.model.arch
 
     @property
     def forecast_targets(self) -> tuple[str, ...]:

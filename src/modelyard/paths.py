@@ -79,6 +79,15 @@ class TaskPaths:
         return self.dir / "best_params.json"
 
     @property
+    def best_trial(self) -> Path:
+        """The best trial's weights (`network.pt`, when that trial ran on this machine)."""
+        return self.dir / "best_trial.pt"
+
+    def trial_checkpoints(self, study: str) -> Path:
+        """Weights of a study's best-so-far trials, beside its journal (never a DVC output)."""
+        return home_root(self.root) / "data" / self.task / "trials" / study
+
+    @property
     def study_journal(self) -> Path:
         """The default Optuna storage: kept in the user's checkout, never a DVC output."""
         return home_root(self.root) / "data" / self.task / "optuna.journal"

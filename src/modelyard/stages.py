@@ -9,6 +9,7 @@ use them, so light stages such as ingest and split start in a fraction of a seco
 from __future__ import annotations
 
 import pickle
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,6 +27,7 @@ from modelyard.files import atomic_path, read_json, write_json
 from modelyard.paths import TaskPaths
 
 SPLITS = ("train", "val", "test")
+TAG_TRAIN_SOURCE = "modelyard.train_source"  # retrained, or best_trial: where the trained weights came from
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,17 @@ class Context:
 
 def ingest(ctx: Context) -> None:
     """Read the task's source into data/<task>/raw.parquet and record its size and hash."""
+    from modelyard.data.sources import SPLIT_MARKER
+
     frame = read_task_frame(ctx.task, ctx.root)
     with atomic_path(ctx.paths.raw) as temporary:
         frame.to_parquet(temporary, index=False)
     summary = {"rows": len(frame), "columns": frame.shape[1], "sha256": frame_hash(frame)}
+    if SPLIT_MARKER in frame.columns:  # the marker is no data column
+        summary |= {"columns": frame.shape[1] - 1, "test_rows": int((frame[SPLIT_MARKER] == "test").sum())}
     write_json(ctx.paths.ingest_summary, {**summary, "source": ctx.task.source.model_dump(mode="json")})
-    say(f"ingest {ctx.task_name}: {summary['rows']} rows x {summary['columns']} columns")
+    test_rows = f" ({summary['test_rows']} from the test file)" if "test_rows" in summary else ""
+    say(f"ingest {ctx.task_name}: {summary['rows']} rows{test_rows} x {summary['columns']} columns")
 
 
 def validate(ctx: Context) -> None:
@@ -84,21 +91,13 @@ def validate(ctx: Context) -> None:
 
 
 def split(ctx: Context) -> None:
-    """Seeded train / validation / test split of validated data."""
-    from modelyard.data.splitting import split_frame, split_groups, split_series
+    """Train / validation / test split of validated data: seeded, or as a published split marks it."""
+    from modelyard.data.splitting import split_task
 
     if not read_json(ctx.need(ctx.paths.validation_summary, "validate")).get("success"):
         raise ModelyardError(f"the data of task {ctx.task_name} failed validation", "see data/<task>/validation.json")
     frame = pd.read_parquet(ctx.need(ctx.paths.raw, "ingest"))
-    task = ctx.task
-    if task.kind == "series":
-        parts = split_series(frame, task.schema_.time, task.split)
-    elif task.kind == "sequence":
-        parts = split_groups(frame, task.features.sequence.id, task.target, task.split, seed=ctx.settings.seed)
-    else:
-        parts = split_frame(
-            frame, task.target, task.split, classification=task.problem != "regression", seed=ctx.settings.seed
-        )
+    parts = split_task(frame, ctx.task, ctx.settings.seed)
     with atomic_path(ctx.paths.split_dir) as temporary:
         temporary.mkdir()
         for name, part in zip(SPLITS, parts, strict=True):
@@ -186,17 +185,29 @@ def _load_preprocessing(ctx: Context) -> dict[str, Any]:
 
 
 def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) -> None:
-    """Run, resume or join the Optuna study with `workers` processes; write the best hyperparameters.
+    """Run, resume or join the Optuna study with `workers` processes; write the best
+    hyperparameters and the best trial's weights.
 
-    The storage is `tasks.<task>.tune.storage` (an RDB URL; the same command on other
-    machines joins the same study), else the local journal file. `warm_start` hyperparameters
-    (retraining passes the champion's) are the first trial of a new study.
+    The study searches the task's search space completed by the family's defaults
+    (`search_space.py`). The storage is `tasks.<task>.tune.storage` (an RDB URL; the same
+    command on other machines joins the same study), else the local journal file.
+    `warm_start` hyperparameters (retraining passes the champion's) are the first trial of
+    a new study.
     """
     from modelyard import tracking
-    from modelyard.tuning import Arrays, describe_trial, run_study, storage_label, study_fingerprint
+    from modelyard.search_space import base_hparams, describe, space_size, tuning_task
+    from modelyard.tuning import (
+        Arrays,
+        checkpoint_path,
+        describe_trial,
+        run_study,
+        storage_label,
+        study_fingerprint,
+        trial_target,
+    )
 
-    task = ctx.task
     arrays = _load_arrays(ctx)
+    task = tuning_task(ctx.task, len(arrays["x_train"]))
     size = network_size(task, _load_preprocessing(ctx))
     features = Arrays(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], **size)
     client = tracking.connect(ctx.root)
@@ -207,12 +218,18 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
         f"tune {ctx.task_name}: study {name} in {storage_label(storage, ctx.paths.study_journal)}, "
         f"{workers} worker{'s' if workers > 1 else ''}"
     )
+    space = task.tune.search_space
+    if space_size(space) <= 1:
+        say(f"tune {ctx.task_name}: the search space holds one configuration, so the study runs one trial")
+    else:
+        say(f"tune {ctx.task_name}: searching " + "; ".join(f"{k} {describe(d)}" for k, d in space.items()))
     # Spawned workers print a line per trial themselves; one in-process worker drives the bar.
-    progress = Progress(task.tune.n_trials, f"tune {ctx.task_name}") if workers == 1 else None
+    progress = Progress(trial_target(task), f"tune {ctx.task_name}") if workers == 1 else None
 
     def on_trial_end(trial, total: int) -> None:
         progress.step(describe_trial(trial, task.monitor))
 
+    checkpoints = ctx.paths.trial_checkpoints(name)
     try:
         result = run_study(
             ctx.task_name,
@@ -230,11 +247,13 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
             workers=workers,
             on_trial_end=on_trial_end if progress else None,
             warm_start=warm_start,
+            checkpoint_dir=checkpoints,
         )
     finally:
         if progress:
             progress.close()
-    hparams = Hyperparams.model_validate({**task.model.model_dump(), **result.best_params})
+    hparams = Hyperparams.model_validate({**base_hparams(ctx.task).model_dump(), **result.best_params})
+    keep_best_trial(checkpoint_path(checkpoints, result.best_trial), ctx.paths.best_trial, result.best_trial)
     write_json(
         ctx.paths.best_params,
         {
@@ -248,6 +267,22 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
     say(f"tune {ctx.task_name}: best {task.monitor}={result.best_value:.4f} (trial {result.best_trial})")
 
 
+def keep_best_trial(checkpoint: Path, target: Path, trial: int) -> None:
+    """Copy the best trial's weights to `target` (the tune stage's output), and drop the
+    weights of the trials it beat. When the best trial ran on another machine its weights
+    are not here: `target` then says so, and train keeps its own run."""
+    from modelyard.training import save_checkpoint
+
+    if checkpoint.is_file():
+        with atomic_path(target) as temporary:
+            shutil.copyfile(checkpoint, temporary)
+    else:
+        save_checkpoint(target, None, None, -1, trial)
+    for other in checkpoint.parent.glob("trial-*.pt"):
+        if other != checkpoint:
+            other.unlink(missing_ok=True)
+
+
 def _reference_sample(train: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The training rows a bundle keeps for drift checks (at most REFERENCE_ROWS of them)."""
     from modelyard.bundle import REFERENCE_ROWS
@@ -256,10 +291,15 @@ def _reference_sample(train: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def train(ctx: Context) -> None:
-    """Train the final model with the best hyperparameters; save the bundle and log it to MLflow."""
+    """Train the final model with the best hyperparameters; save the bundle and log it to MLflow.
+
+    The final run trains longer than a trial (see `training.py`); should it still score
+    worse on validation than the best trial's own weights, those weights are kept instead,
+    so train never hands on a model worse than what tuning found. The choice is logged
+    (`modelyard.train_source`: retrained or best_trial) and written to train.json.
+    """
     from modelyard import registry, tracking
     from modelyard.bundle import ModelBundle
-    from modelyard.models import build_model
     from modelyard.training import FitOptions, fit
 
     task = ctx.task
@@ -268,8 +308,7 @@ def train(ctx: Context) -> None:
     hparams = Hyperparams.model_validate(read_json(ctx.need(ctx.paths.best_params, "tune"))["hparams"])
     codec = preprocessing["codec"]
     size = network_size(task, preprocessing)
-    shape = arrays["x_train"].shape[1:]
-    network = build_model(task.family, shape, size["n_outputs"], hparams, size["vocab_size"], size["masked"])
+    network = _network(arrays, size, task, hparams)
     options = FitOptions.for_task(
         task,
         max_epochs=task.train.max_epochs,
@@ -278,11 +317,12 @@ def train(ctx: Context) -> None:
         device=ctx.settings.device,
         target_scale=size["target_scale"],
     )
+    val = (arrays["x_val"], arrays["y_val"])
     client = tracking.connect(ctx.root)
     experiment = tracking.experiment_id(client, ctx.root, ctx.task_name)
     inputs = {"features.npz": ctx.paths.features, "best_params.json": ctx.paths.best_params}
     run = tracking.start_run(client, experiment, f"train-{ctx.task_name}", ctx.tags("train", inputs))
-    progress = Progress(task.train.max_epochs, f"train {ctx.task_name} epoch")
+    progress = Progress(options.epochs_for(len(arrays["x_train"]), hparams.batch_size), f"train {ctx.task_name} epoch")
 
     def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
         run.log_metrics(metrics, step=epoch)
@@ -290,14 +330,13 @@ def train(ctx: Context) -> None:
 
     try:
         run.log_params({**hparams.model_dump(), **task.train.model_dump(), "seed": ctx.settings.seed})
-        result = fit(
-            network,
-            (arrays["x_train"], arrays["y_train"]),
-            (arrays["x_val"], arrays["y_val"]),
-            hparams,
-            options,
-            on_epoch_end,
+        result = fit(network, (arrays["x_train"], arrays["y_train"]), val, hparams, options, on_epoch_end)
+        progress.close()
+        network, best_epoch, val_metrics, source = _better_of(
+            network, result, _network(arrays, size, task, hparams), ctx.paths.best_trial, val, options
         )
+        if source == "best_trial":
+            say(f"train {ctx.task_name}: the best trial's weights score better on validation; keeping them")
         network.cpu()
         bundle = ModelBundle(
             family=task.family,
@@ -316,7 +355,8 @@ def train(ctx: Context) -> None:
         with atomic_path(ctx.paths.model_dir) as staging:
             bundle.save(staging)
             model_uri = registry.log_bundle(run.run_id, staging, bundle, input_example(ctx))
-        run.log_metrics({f"best_{k}": v for k, v in result.best_metrics.items()} | {"best_epoch": result.best_epoch})
+        run.log_metrics({f"best_{k}": v for k, v in val_metrics.items()} | {"best_epoch": best_epoch})
+        run.set_tags({TAG_TRAIN_SOURCE: source})
     except BaseException:
         run.finish("FAILED")
         raise
@@ -325,11 +365,43 @@ def train(ctx: Context) -> None:
     run.finish("FINISHED")
     write_json(
         ctx.paths.train_summary,
-        {"run_id": run.run_id, "model_uri": model_uri, "best_epoch": result.best_epoch, "val": result.best_metrics},
+        {
+            "run_id": run.run_id,
+            "model_uri": model_uri,
+            "source": source,
+            "best_epoch": best_epoch,
+            "epochs_run": len(result.history),
+            "val": val_metrics,
+        },
     )
-    say(
-        f"train {ctx.task_name}: best epoch {result.best_epoch}, {task.monitor}={result.best_metrics[task.monitor]:.4f}"
-    )
+    say(f"train {ctx.task_name}: best epoch {best_epoch} ({source}), {task.monitor}={val_metrics[task.monitor]:.4f}")
+
+
+def _network(arrays: dict[str, np.ndarray], size: dict[str, Any], task: TaskSettings, hparams: Hyperparams):
+    """A fresh network for the task's features and hyperparameters."""
+    from modelyard.models import build_model
+
+    shape = arrays["x_train"].shape[1:]
+    return build_model(task.family, shape, size["n_outputs"], hparams, size["vocab_size"], size["masked"])
+
+
+def _better_of(network, result, spare, checkpoint: Path, val: tuple[np.ndarray, np.ndarray], options) -> tuple:
+    """(network, best epoch, validation metrics, source): the retrained network, or `spare`
+    loaded with the best trial's weights when those score better on validation."""
+    from modelyard.training import improves, load_checkpoint, score
+
+    retrained = (network, result.best_epoch, result.best_metrics, "retrained")
+    trial = load_checkpoint(checkpoint)
+    if trial is None:
+        return retrained
+    try:
+        spare.load_state_dict(trial["state_dict"])
+    except (RuntimeError, KeyError):  # weights of another network shape: not this study's
+        return retrained
+    metrics = score(spare, val, options)
+    if improves(metrics, result.best_metrics, options.monitor):
+        return spare, int(trial["best_epoch"]), metrics, "best_trial"
+    return retrained
 
 
 def model_input(task: TaskSettings, frame: pd.DataFrame) -> pd.DataFrame | np.ndarray:

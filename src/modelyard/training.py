@@ -3,6 +3,18 @@
 It writes no files and imports no MLflow: logging, pruning and progress reach it through
 the `on_epoch_end` callback, so the core trains anywhere torch runs.
 
+The recipe, chosen to converge on 30 rows and on 30,000 alike:
+- the epoch budget, when not given, is sized from the data: enough epochs for about
+  `AUTO_STEPS` optimizer steps at the run's batch size (small data gets more epochs);
+- the learning rate warms up linearly over the first `warmup` share of the steps, then
+  follows a cosine down to zero at the end of the budget;
+- early stopping waits for `patience` epochs, and at least `min_patience_steps` optimizer
+  steps, without an improvement of either the monitored metric or the validation loss,
+  and never before `min_epochs`: a flat validation accuracy (a majority-class start)
+  does not stop a run whose loss still falls;
+- the best epoch is the best monitored value, ties broken by the lower validation loss;
+  its weights are restored.
+
 Fast by design: the data lives as tensors on the device, batches are slices of a shuffled
 index (no per-sample collation), and metrics accumulate on the device and are read back
 once per epoch.
@@ -14,17 +26,23 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from modelyard.config import Hyperparams, Problem, TaskSettings
+from modelyard.errors import ModelyardError
 from modelyard.evaluation import lower_is_better
 from modelyard.features.augment import ImageAugmenter
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 EVAL_BATCH = 8192
+# Auto budgets, in optimizer steps: (steps, fewest epochs, most epochs).
+AUTO_TRAIN = (3000, 20, 500)
+AUTO_TUNE = (1500, 10, 250)
+PATIENCE_STEPS = 300  # early stopping waits at least this many optimizer steps
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,30 +55,91 @@ class FitOptions:
 
     problem: Problem
     monitor: str
-    max_epochs: int
+    max_epochs: int | None  # None: sized from the data (`auto_budget`)
     patience: int
     grad_clip: float | None = 1.0
     loss: str = "auto"
     seed: int = 0
     device: str = "auto"
     target_scale: float = 1.0  # regression: multiplies val_rmse / val_mae back to target units
+    min_epochs: int = 0
+    min_patience_steps: int = 0
+    schedule: str = "cosine"  # cosine (after a linear warm-up) | constant
+    warmup: float = 0.05  # share of the steps spent warming up
+    auto_budget: tuple[int, int, int] = AUTO_TRAIN
 
     @classmethod
     def for_task(
-        cls, task: TaskSettings, *, max_epochs: int, patience: int, seed: int, device: str, target_scale: float = 1.0
+        cls,
+        task: TaskSettings,
+        *,
+        max_epochs: int | None,
+        patience: int,
+        seed: int,
+        device: str,
+        target_scale: float = 1.0,
+        tuning: bool = False,
     ) -> FitOptions:
-        """The options a task's settings imply (tuning and training differ only in the epochs)."""
+        """The options a task's settings imply; a tuning trial differs in its budget and
+        stops only when pruned."""
+        train = task.train
         return cls(
             problem=task.problem,
             monitor=task.monitor,
             max_epochs=max_epochs,
             patience=patience,
-            grad_clip=task.train.grad_clip,
+            grad_clip=train.grad_clip,
             loss=task.loss,
             seed=seed,
             device=device,
             target_scale=target_scale,
+            min_epochs=train.min_epochs,
+            min_patience_steps=0 if tuning else PATIENCE_STEPS,
+            schedule=train.schedule,
+            warmup=train.warmup,
+            auto_budget=AUTO_TUNE if tuning else AUTO_TRAIN,
         )
+
+    def epochs_for(self, n_rows: int, batch_size: int) -> int:
+        """The epoch budget: `max_epochs`, or enough epochs for the auto budget's steps."""
+        if self.max_epochs is not None:
+            return self.max_epochs
+        steps, fewest, most = self.auto_budget
+        return min(most, max(fewest, math.ceil(steps / steps_per_epoch(n_rows, batch_size))))
+
+
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch (a trailing batch of one row is skipped, see `fit`)."""
+    usable = n_rows - 1 if n_rows % batch_size == 1 and n_rows > 1 else n_rows
+    return max(1, math.ceil(usable / batch_size))
+
+
+def improves(metrics: dict[str, float], best: dict[str, float] | None, monitor: str) -> bool:
+    """Whether `metrics` beat `best` on the monitored value, ties broken by the lower val_loss."""
+    if best is None:
+        return True
+    sign = 1.0 if lower_is_better(monitor) else -1.0
+    value, best_value = sign * metrics[monitor], sign * best[monitor]
+    if value != best_value:
+        return value < best_value
+    return metrics.get("val_loss", math.inf) < best.get("val_loss", math.inf)
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, schedule: str, warmup: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning-rate factor: linear warm-up, then cosine to zero (or constant)."""
+    warmup_steps = math.floor(total_steps * warmup) if schedule == "cosine" else 0
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if schedule != "cosine":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @dataclass
@@ -124,7 +203,7 @@ def fit(
     options: FitOptions,
     on_epoch_end: EpochCallback | None = None,
 ) -> FitResult:
-    """Train with early stopping on `options.monitor`; the best epoch's weights are kept.
+    """Train with the recipe in the module docstring; the best epoch's weights are kept.
 
     `on_epoch_end(epoch, metrics)` runs after each epoch; an exception it raises (such as
     optuna.TrialPruned) stops training and propagates.
@@ -149,11 +228,15 @@ def fit(
     n_rows, batch_size = len(x_train), hparams.batch_size
     # A trailing batch of one row would break batch norm; it is left out of that epoch.
     stop = n_rows - 1 if n_rows % batch_size == 1 and n_rows > 1 else n_rows
+    n_steps = steps_per_epoch(n_rows, batch_size)
+    max_epochs = options.epochs_for(n_rows, batch_size)
+    scheduler = make_schedule(optimizer, max_epochs * n_steps, options.schedule, options.warmup)
+    patience = max(options.patience, math.ceil(options.min_patience_steps / n_steps))
 
-    minimize = lower_is_better(options.monitor)
-    best_value, best_epoch, best_state = math.inf, -1, None
+    best_epoch, best_state, best_loss = -1, None, math.inf
+    last_gain = 0  # the last epoch that improved the monitored value or the validation loss
     history: list[dict[str, float]] = []
-    for epoch in range(options.max_epochs):
+    for epoch in range(max_epochs):
         model.train()
         order = torch.randperm(n_rows, device=device, generator=generator)
         loss_sum = torch.zeros((), device=device)
@@ -177,6 +260,7 @@ def fit(
                 scaler.update()
             else:
                 optimizer.step()
+            scheduler.step()
             loss_sum += loss.detach().float() * len(index)
         metrics = {"train_loss": loss_sum.item() / stop}
         if not math.isfinite(metrics["train_loss"]):
@@ -185,18 +269,55 @@ def fit(
             )
         metrics.update(validation_metrics(model, x_val, y_val, criterion, options))
         history.append(metrics)
-        value = metrics[options.monitor] if minimize else -metrics[options.monitor]
-        if value < best_value:
-            best_value, best_epoch = value, epoch
+        if improves(metrics, history[best_epoch] if best_epoch >= 0 else None, options.monitor):
+            best_epoch, last_gain = epoch, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if metrics["val_loss"] < best_loss:
+            best_loss, last_gain = metrics["val_loss"], epoch
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
-        if epoch - best_epoch >= options.patience:
+        if epoch - last_gain >= patience and epoch + 1 >= options.min_epochs:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return FitResult(best_epoch=best_epoch, best_metrics=history[best_epoch], history=history)
+
+
+def score(model: nn.Module, val: tuple[np.ndarray, np.ndarray], options: FitOptions) -> dict[str, float]:
+    """A trained model's validation metrics, as `fit` computes them each epoch."""
+    device = resolve_device(options.device)
+    model.to(device)
+    x = torch.as_tensor(val[0], dtype=torch.float32, device=device)
+    y = as_target(val[1], options.problem, device)
+    return validation_metrics(model, x, y, loss_function(options.problem, options.loss), options)
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module | None, metrics: dict[str, float] | None, epoch: int, trial: int
+) -> None:
+    """A trial's best-epoch weights and validation metrics, written whole or not at all;
+    `model` None records that the trial's weights are not on this machine."""
+    from modelyard.files import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = None if model is None else {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as temporary:
+        torch.save({"state_dict": state, "val": metrics, "best_epoch": epoch, "trial": trial}, temporary)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """What `save_checkpoint` wrote, or None when there are no weights (or no file)."""
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several kinds for a damaged file
+        raise ModelyardError(
+            f"cannot read the best trial's weights {path}: {type(exc).__name__}: {exc}",
+            "run the tune stage again (dvc repro --force tune@<task>)",
+        ) from None
+    return checkpoint if checkpoint.get("state_dict") is not None else None
 
 
 def eval_batch(shape: tuple[int, ...]) -> int:

@@ -11,8 +11,15 @@ same RDB storage, joins the same study.
 Workers. `run_study` creates (or loads) the study and the MLflow parent run, then runs
 trials itself (`workers=1`) or in `workers` processes started with the "spawn" context.
 Each worker calls the same `make_objective` and stops once the study as a whole holds
-`n_trials` finished trials (`MaxTrialsCallback`; workers running side by side may finish
-up to `workers - 1` trials beyond the count), or after `n_trials` failed trials of its own.
+`trial_target` finished trials (`n_trials`, or fewer when the search space holds fewer
+configurations; `MaxTrialsCallback`, and workers running side by side may finish up to
+`workers - 1` trials beyond the count), or after that many failed trials of its own.
+
+Search. The space is the task's `tune.search_space` completed by the family's defaults
+(`search_space.py`). A space with no more configurations than trials is enumerated, each
+configuration once; otherwise TPE draws, and a configuration it draws again reuses the
+earlier trial's value instead of training it twice. A trial that beats the study's best
+so far saves its weights under `checkpoint_dir`, so the train stage can keep them.
 
 Faults. Every trial records its worker (host, pid, a per-process token) and its MLflow run
 id as user attributes. A RUNNING trial whose worker is gone is marked FAIL in Optuna and
@@ -59,7 +66,8 @@ from modelyard.errors import ModelyardError
 from modelyard.evaluation import lower_is_better
 from modelyard.models import build_model
 from modelyard.redaction import redact
-from modelyard.training import FitOptions, TrainingDiverged, fit
+from modelyard.search_space import describe, space_size
+from modelyard.training import FitOptions, TrainingDiverged, fit, save_checkpoint
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
@@ -123,6 +131,7 @@ class StudySetup:
     parent_run_id: str
     trial_tags: dict[str, str]
     heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S)
+    checkpoint_dir: Path | None = None  # where a trial that beats the study's best saves its weights
 
 
 class TrialFailed(RuntimeError):
@@ -133,7 +142,9 @@ def suggest_hparams(trial: optuna.Trial, base: Hyperparams, space: dict[str, Dis
     """The trial's hyperparameters: the fixed ones from params, with the searched ones drawn."""
     drawn: dict[str, object] = {}
     for name, dist in space.items():
-        if dist.choices is not None:
+        if dist.choices is None and dist.low == dist.high:  # a fixed value: nothing to draw
+            drawn[name] = int(dist.low) if hparam_kind(name) is int else dist.low
+        elif dist.choices is not None:
             drawn[name] = trial.suggest_categorical(name, list(dist.choices))
         elif hparam_kind(name) is int:
             step = int(dist.step or 1)
@@ -155,12 +166,30 @@ def warm_start_params(hparams: Hyperparams, space: dict[str, Distribution]) -> d
     return chosen
 
 
-def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, max_epochs: int | None) -> optuna.pruners.BasePruner:
+    """The pruner; the median pruner judges no trial in its first quarter of epochs (the
+    learning rate is still warming up there)."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(2, (max_epochs or 12) // 4))
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs or "auto")
     return optuna.pruners.NopPruner()
+
+
+def trial_target(task: TaskSettings) -> int:
+    """How many finished trials a study runs: `n_trials`, or fewer when the search space
+    holds fewer configurations (a space with nothing to search runs one trial)."""
+    return int(min(task.tune.n_trials, space_size(task.tune.search_space)))
+
+
+def make_sampler(task: TaskSettings, seed: int) -> optuna.samplers.BaseSampler:
+    """Seeded TPE; a space with no more configurations than trials is enumerated instead,
+    each configuration once (Optuna's brute-force sampler ends the study when all have run)."""
+    if space_size(task.tune.search_space) <= task.tune.n_trials:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.BruteForceSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def storage_label(url: str | None, journal: Path) -> str:
@@ -226,14 +255,18 @@ def sampler_seed(seed: int, shared: bool) -> int:
 def load_study(name: str, storage: optuna.storages.BaseStorage, task: TaskSettings, seed: int) -> optuna.Study:
     """Create the study, or load it when it exists, with the seeded sampler and the pruner."""
     settings = task.tune
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name,
         storage=storage,
         direction="minimize" if lower_is_better(task.monitor) else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=make_sampler(task, seed),
         pruner=make_pruner(settings.pruner, settings.max_epochs),
         load_if_exists=True,
     )
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:  # resumed: a sampler seeded as at the start would draw the first trials again
+        study.sampler = make_sampler(task, (seed + 7919 * existing) % 2**32)
+    return study
 
 
 def _process_alive(pid: int) -> bool:
@@ -318,6 +351,8 @@ def fail_stale_trials(study: optuna.Study, client=None, experiment: str | None =
 def describe_trial(trial: FrozenTrial, monitor: str) -> str:
     """`trial 3 complete val_accuracy=0.8125`, or the failure reason."""
     note = f"{monitor}={trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("fail_reason", "")
+    if "duplicate_of" in trial.user_attrs:
+        note += f" (the configuration of trial {trial.user_attrs['duplicate_of']}: not trained again)"
     return f"trial {trial.number} {trial.state.name.lower()} {note}".rstrip()
 
 
@@ -337,13 +372,16 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
     """
     task, arrays = setup.task, setup.arrays
     settings: TuneSettings = task.tune
+    # Trials stop early by the same rule as the final training (a converged trial frees the
+    # CPU for the next one); the pruner cuts the unpromising ones.
     options = FitOptions.for_task(
         task,
         max_epochs=settings.max_epochs,
-        patience=settings.max_epochs,  # trials are cut by the pruner, not by early stopping
+        patience=task.train.patience,
         seed=setup.seed,
         device=setup.device,
         target_scale=arrays.target_scale,
+        tuning=True,
     )
 
     def train_trial(trial: optuna.Trial, run: tracking.Run, hparams: Hyperparams) -> float:
@@ -362,11 +400,18 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
         if not math.isfinite(value):
             raise TrainingDiverged(f"{task.monitor} is {value}")
         run.log_metrics({f"best_{task.monitor}": value, "best_epoch": result.best_epoch})
+        if setup.checkpoint_dir is not None and beats_study(trial.study, value):
+            path = checkpoint_path(setup.checkpoint_dir, trial.number)
+            save_checkpoint(path, model, result.best_metrics, result.best_epoch, trial.number)
         return value
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_identity())
         hparams = suggest_hparams(trial, task.model, settings.search_space)
+        earlier = same_configuration(trial)
+        if earlier is not None:  # TPE drew a configuration again: reuse its result, train nothing
+            trial.set_user_attr("duplicate_of", earlier.number)
+            return float(earlier.value)
         tags = {**setup.trial_tags, TAG_TRIAL: f"{setup.study_name}/{trial.number}"}
         run = tracking.start_run(client, setup.experiment, f"trial-{trial.number}", tags, parent=parent)
         state, reason, value = TrialState.FAIL, "", math.nan
@@ -395,6 +440,27 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
         return value
 
     return objective
+
+
+def same_configuration(trial: optuna.Trial) -> FrozenTrial | None:
+    """A completed trial of the study with exactly this trial's parameters, if any."""
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None
+
+
+def beats_study(study: optuna.Study, value: float) -> bool:
+    """Whether a trial's value beats every completed trial of the study so far."""
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not values:
+        return True
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    return value < min(values) if minimize else value > max(values)
+
+
+def checkpoint_path(checkpoint_dir: Path, number: int) -> Path:
+    return checkpoint_dir / f"trial-{number}.pt"
 
 
 class StopAfterFailures:
@@ -426,7 +492,7 @@ def run_trials(
         on_stale = stale_run_closer(client, setup.experiment)
         storage = open_storage(setup.storage_url, setup.journal, on_stale=on_stale, heartbeat=setup.heartbeat)
         study = load_study(setup.study_name, storage, setup.task, sampler_seed(setup.seed, shared=True))
-    n_trials = setup.task.tune.n_trials
+    n_trials = trial_target(setup.task)
     if len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
         return
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
@@ -541,8 +607,9 @@ def run_study(
     on_trial_end: Callable[[FrozenTrial, int], None] | None = None,
     heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S),
     warm_start: Hyperparams | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> StudyResult:
-    """Run (or continue, or join) the study until it holds `tune.n_trials` finished trials.
+    """Run (or continue, or join) the study until it holds `trial_target` finished trials.
 
     The study and its MLflow parent run exist before any worker starts, so there is one
     parent run; `workers=1` runs the trials in this process, more start spawned workers.
@@ -562,10 +629,12 @@ def run_study(
         if start:
             study.enqueue_trial(start)
     params = {
-        "max_epochs_per_trial": settings.max_epochs,
+        "max_epochs_per_trial": settings.max_epochs or "auto",
         "pruner": settings.pruner,
+        "sampler": type(study.sampler).__name__,
         "seed": seed,
         "storage": storage_label(storage_url, journal),
+        **{f"space.{name}": describe(dist) for name, dist in settings.search_space.items()},
     }
     parent = _parent_run(client, experiment, tags, study_name, params)
     setup = StudySetup(
@@ -582,6 +651,7 @@ def run_study(
         parent_run_id=parent.run_id,
         trial_tags={k: v for k, v in tags.items() if not k.startswith("dvc.")},
         heartbeat=heartbeat,
+        checkpoint_dir=checkpoint_dir,
     )
     exit_codes: list[int] = []
 
@@ -609,10 +679,10 @@ def run_study(
             parent.set_tags({"modelyard.best_params": json.dumps(study.best_params, sort_keys=True)})
         parent.finish("FINISHED" if complete else "FAILED")
     failed_workers = [code for code in exit_codes if code != 0]
-    if failed_workers and count(FINISHED) < settings.n_trials:
+    if failed_workers and count(FINISHED) < trial_target(task):
         raise ModelyardError(
             f"{len(failed_workers)} of {workers} tuning workers failed (exit codes {failed_workers}) "
-            f"with {count(FINISHED)} of {settings.n_trials} trials finished",
+            f"with {count(FINISHED)} of {trial_target(task)} trials finished",
             "see the worker messages above; rerun the same command to continue the study",
         )
     if not complete:

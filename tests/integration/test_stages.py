@@ -93,6 +93,46 @@ def test_study_is_a_parent_run_with_one_child_per_trial(trained) -> None:
     assert best["trials"]["complete"] + best["trials"]["pruned"] == 3
 
 
+def study_trials(ctx: Context) -> list[optuna.trial.FrozenTrial]:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(ctx.paths.study_journal)))
+    name = json.loads(ctx.paths.best_params.read_text())["study"]
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def test_a_default_study_searches_distinct_configurations(trained) -> None:
+    ctx, client = trained
+    trials = study_trials(ctx)
+    # the toy task names lr and batch_size; the family's defaults add the rest it does not fix
+    assert {"lr", "batch_size", "weight_decay", "dropout"} <= set(trials[0].params)
+    assert "units" not in trials[0].params  # fixed in the task's model section
+    configurations = {json.dumps(t.params, sort_keys=True) for t in trials}
+    assert len(configurations) == len(trials) == 3
+    parent = next(
+        r
+        for r in runs_of(client, client.get_experiment_by_name("toy").experiment_id)
+        if "modelyard.study" in r.data.tags
+    )
+    assert parent.data.params["space.weight_decay"].endswith("(log)")  # the effective space is on the parent run
+
+
+def test_the_trained_model_is_no_worse_on_validation_than_its_best_trial(trained) -> None:
+    ctx, client = trained
+    best = json.loads(ctx.paths.best_params.read_text())
+    summary = json.loads(ctx.paths.train_summary.read_text())
+    assert summary["val"]["val_accuracy"] >= best["val_accuracy"]
+    assert summary["source"] in {"retrained", "best_trial"}
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags["modelyard.train_source"] == summary["source"]
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(summary["val"]["val_accuracy"])
+
+
+def test_a_tiny_table_learns_more_than_the_majority_class(trained) -> None:
+    ctx, _ = trained
+    test = pd.read_parquet(ctx.paths.split_file("test"))
+    majority = test["label"].value_counts(normalize=True).max()
+    assert json.loads(ctx.paths.metrics.read_text())["test_accuracy"] > majority + 0.1
+
+
 def test_final_model_run_has_model_metrics_and_plots(trained) -> None:
     ctx, client = trained
     summary = json.loads(ctx.paths.train_summary.read_text())
@@ -148,6 +188,18 @@ def test_an_equal_model_does_not_take_the_champion(trained) -> None:
     train_run = client.get_run(json.loads(ctx.paths.train_summary.read_text())["run_id"])
     assert train_run.data.tags["modelyard.outcome"] == "kept champion"
     assert train_run.data.tags["modelyard.champion_version"] == "1"
+
+
+def test_a_space_with_nothing_to_search_runs_one_trial(project: Path, capsys: pytest.CaptureFixture) -> None:
+    params = toy_params()
+    params["tasks"]["toy"]["tune"] = {"n_trials": 5, "max_epochs": 2, "default_space": False}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    ctx = run(project, *UPSTREAM, "tune")
+    assert "holds one configuration, so the study runs one trial" in capsys.readouterr().err
+    trials = study_trials(ctx)
+    assert len(trials) == 1 and trials[0].state == optuna.trial.TrialState.COMPLETE
+    run(project, "tune")  # asked again: the study is complete, nothing reruns
+    assert len(study_trials(ctx)) == 1
 
 
 def test_corrupt_champion_leaves_alias_alone(project: Path) -> None:

@@ -80,7 +80,7 @@ def test_settings_are_frozen() -> None:
             "source, target, problem, family, positive_label, metric, loss, schema, split, features, model, tune, "
             "train, registry",
         ),
-        (("tasks", "adult", "train"), "max_epoch", "max_epochs, patience, grad_clip"),
+        (("tasks", "adult", "train"), "max_epoch", "max_epochs, patience, min_epochs, schedule, warmup, grad_clip"),
         (("tasks", "adult", "tune", "search_space", "lr"), "lo", "low, high, log, step, choices"),
         (("tasks", "adult", "schema", "columns", "age"), "mn", "type, min, max, categories, max_null_fraction"),
     ],

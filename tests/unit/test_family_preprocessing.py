@@ -87,7 +87,7 @@ def test_series_gaps_are_filled_for_inputs_but_never_used_as_targets() -> None:
 
 def test_sequences_pad_mask_and_keep_their_last_steps() -> None:
     rows = pd.DataFrame({"id": ["b", "b", "a", "a", "a"], "t": [1, 0, 0, 1, 2], "v": [20.0, 10.0, 1.0, 2.0, 3.0]})
-    fitted = SequencePreprocessor("id", "t", ["v"]).fit(rows)
+    fitted = SequencePreprocessor("id", "t", ["v"], normalize="global").fit(rows)
     x = fitted.transform(rows)
     assert fitted.input_shape_ == (3, 2) and x.shape == (2, 3, 2)
     assert fitted.ids(rows).tolist() == ["a", "b"]  # samples in sorted id order

@@ -34,10 +34,17 @@ ADULT_COLUMNS = [
     "native-country",
     "income",
 ]
+# The column `read_task_frame` adds when a task has a test file: "train" for the rows of
+# `source.path`, "test" for those of `source.test`. Split reads it and drops it.
+SPLIT_MARKER = "__split__"
+SPLIT_VALUES = ("train", "val", "test")
 
 
 def read_task_frame(task: TaskSettings, root: Path) -> pd.DataFrame:
-    """A task's raw rows, conformed to its schema: table rows, or one row per image."""
+    """A task's raw rows, conformed to its schema: table rows, or one row per image.
+
+    With `source.test`, the rows of both files, marked in column `SPLIT_MARKER`.
+    """
     if task.kind == "images":
         from modelyard.data.images import image_frame, read_images
 
@@ -49,7 +56,50 @@ def read_task_frame(task: TaskSettings, root: Path) -> pd.DataFrame:
         labels = root / task.source.labels if task.source.labels else None
         x, y = read_labelled_arrays(root / str(task.source.path), labels)
         return conform(sequence_frame(x, y, sequence.id, sequence.step, task.target), task.schema_)
-    return conform(read_source(task.source, root), task.schema_)
+    frame = read_source(task.source, root)
+    if task.source.test is not None:
+        frame = with_test_rows(frame, read_test_rows(task.source, root), task.source)
+    return conform(frame, task.schema_)
+
+
+def split_marker(task: TaskSettings) -> str | None:
+    """The column that marks each row's split: `split.column`, `SPLIT_MARKER` for a task
+    with a test file, or None when split draws the rows itself."""
+    if task.split.column is not None:
+        return task.split.column
+    return SPLIT_MARKER if task.source.test is not None else None
+
+
+def read_test_rows(source: SourceSettings, root: Path) -> pd.DataFrame:
+    """The rows of a task's test file (`source.test`), read like its `path`."""
+    path = root / str(source.test)
+    if not path.is_file():
+        raise ModelyardError(f"test file {path} not found", "check tasks.<task>.source.test in params.yaml")
+    frame = read_table(path, source.na_values)
+    if frame.empty or frame.shape[1] == 0:
+        raise ModelyardError(f"test file {source.test} holds no rows", "point source.test at a file of test rows")
+    return frame
+
+
+def with_test_rows(frame: pd.DataFrame, test: pd.DataFrame, source: SourceSettings) -> pd.DataFrame:
+    """The rows of both files, marked "train" and "test" in `SPLIT_MARKER`; the files must
+    have the same columns (in any order)."""
+    if SPLIT_MARKER in frame.columns or SPLIT_MARKER in test.columns:
+        raise ModelyardError(
+            f"the data has a column named {SPLIT_MARKER!r}, which modelyard uses to mark the test file's rows",
+            "rename that column",
+        )
+    missing = [str(c) for c in frame.columns if c not in test.columns]
+    extra = [str(c) for c in test.columns if c not in frame.columns]
+    if missing or extra:
+        differences = [f"lacks {', '.join(map(repr, missing))}"] if missing else []
+        differences += [f"has {', '.join(map(repr, extra))}, which {source.path} lacks"] if extra else []
+        raise ModelyardError(
+            f"test file {source.test} does not have the columns of {source.path}: it " + " and ".join(differences),
+            "give source.test the same header row as source.path",
+        )
+    parts = ((frame, "train"), (test[list(frame.columns)], "test"))
+    return pd.concat([part.assign(**{SPLIT_MARKER: name}) for part, name in parts], ignore_index=True)
 
 
 def sequence_frame(x: np.ndarray, labels: np.ndarray, id_column: str, step_column: str, target: str) -> pd.DataFrame:

@@ -11,6 +11,10 @@ Column types, as checked:
   `integer` accepts floats; it does not check that each value is a whole number.
 - `category` means text: dtype `str` under pandas 3 (`sources.conform` reads category columns as
   text). GX's `ExpectColumnValuesToBeOfType(type_="str")` is the check that passes on it.
+
+Columns the schema does not declare are not checked; that includes the marker column ingest
+adds for a test file (`sources.SPLIT_MARKER`). A split column (`split.column`, or that marker)
+must mark every row train, val or test, with at least one train and one test row.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from modelyard.config import TaskSettings
+from modelyard.data.sources import SPLIT_VALUES, split_marker
 from modelyard.errors import ModelyardError
 from modelyard.files import atomic_path
 
@@ -120,7 +125,9 @@ def build_expectations(task: TaskSettings) -> list:
         if column.categories is not None:
             expectations.append(exp.ExpectColumnValuesToBeInSet(column=name, value_set=list(column.categories)))
         # A target may have no nulls, except a series' values: a missing week is a gap to impute.
-        mostly = 1.0 if name == task.target and task.kind != "series" else 1.0 - column.max_null_fraction
+        # Nor may a split column: a row with no split belongs nowhere.
+        never_null = (name == task.target and task.kind != "series") or name == task.split.column
+        mostly = 1.0 if never_null else 1.0 - column.max_null_fraction
         if mostly >= 1.0:
             expectations.append(exp.ExpectColumnValuesToNotBeNull(column=name))
         elif mostly > 0.0:
@@ -148,6 +155,10 @@ def _kind_expectations(task: TaskSettings) -> list:
         found.append(exp.ExpectColumnDistinctValuesToContainSet(column=task.target, value_set=list(categories)))
     if task.kind == "series":
         found.append(exp.ExpectColumnValuesToBeIncreasing(column=task.schema_.time, strictly=True))
+    marker = split_marker(task)
+    if marker is not None:
+        found.append(exp.ExpectColumnValuesToBeInSet(column=marker, value_set=list(SPLIT_VALUES)))
+        found.append(exp.ExpectColumnDistinctValuesToContainSet(column=marker, value_set=["train", "test"]))
     return found
 
 
@@ -161,6 +172,10 @@ def describe_data(frame: pd.DataFrame, task: TaskSettings) -> list[str]:
     if task.problem != "regression" and task.target in frame.columns:
         counts = frame[task.target].value_counts().sort_index()
         notes.append("class counts: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    marker = split_marker(task)
+    if marker in frame.columns:
+        counts = frame[marker].value_counts()
+        notes.append("rows per split: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in SPLIT_VALUES))
     time = task.schema_.time
     times = frame[time].dropna() if task.kind == "series" and time in frame.columns else None
     if times is not None and len(times) > 1 and times.is_unique:
@@ -301,6 +316,7 @@ def _failure(result: Any, frame: pd.DataFrame, task: TaskSettings) -> dict:
     count = info.get("unexpected_count")
     share = f"{count} value(s) ({info.get('unexpected_percent', 0.0):.3g}%)"
     error = _exception_message(result)
+    marker = split_marker(task)
     if error is not None:
         problem = f"could not be checked ({kind}): {error}"
     elif kind == "expect_column_to_exist":
@@ -320,13 +336,20 @@ def _failure(result: Any, frame: pd.DataFrame, task: TaskSettings) -> dict:
     elif kind == "expect_column_unique_value_count_to_be_between":
         problem = f"the images come in {info.get('observed_value')} different {column}s; give images of one size"
     elif kind == "expect_column_distinct_values_to_contain_set":
-        absent = sorted(set(kwargs.get("value_set", [])) - set(info.get("observed_value") or []))
-        problem = f"declared class(es) with no rows: {', '.join(map(str, absent))}"
+        # GX's SUMMARY result lists the absent values and may leave observed_value out.
+        absent = info.get("partial_missing_list")
+        absent = absent or sorted(set(kwargs.get("value_set", [])) - set(info.get("observed_value") or []))
+        if column == marker:
+            problem = f"no row is marked {' or '.join(map(str, absent))}; a fixed split needs train and test rows"
+        else:
+            problem = f"declared class(es) with no rows: {', '.join(map(str, absent))}"
     elif kind == "expect_column_values_to_be_between":
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         bounds = f"[{_num(low)}, {_num(high)}]" if low is not None and high is not None else None
         bounds = bounds or (f">= {_num(low)}" if low is not None else f"<= {_num(high)}")
         problem = f"{share} outside the allowed range {bounds}"
+    elif kind == "expect_column_values_to_be_in_set" and column == marker and kwargs["value_set"] == list(SPLIT_VALUES):
+        problem = f"{share} are not train, val or test"
     elif kind == "expect_column_values_to_be_in_set":
         problem = f"{share} not among the declared categories"
     elif kind == "expect_column_values_to_not_be_null":
@@ -334,6 +357,8 @@ def _failure(result: Any, frame: pd.DataFrame, task: TaskSettings) -> dict:
         where = f"; first at rows {rows}" if rows else ""
         if column == task.target:
             problem = f"the target has {count} null value(s) and may have none{where}"
+        elif column == marker:
+            problem = f"{count} row(s) have no split and may have none; mark each row train, val or test{where}"
         else:
             allowed = task.schema_.columns[column].max_null_fraction
             limit = f"at most {allowed * 100:.3g}% allowed" if allowed else "none allowed"

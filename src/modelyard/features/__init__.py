@@ -52,5 +52,7 @@ def build_preprocessor(task: TaskSettings, seed: int = 0) -> Preprocessor:
     if task.kind == "sequence":
         sequence = task.features.sequence
         columns = [c for c in task.schema_.names("numeric") if c not in (sequence.id, sequence.step)]
-        return SequencePreprocessor(sequence.id, sequence.step, columns, sequence.max_length)
+        return SequencePreprocessor(
+            sequence.id, sequence.step, columns, sequence.max_length, normalize=sequence.normalize
+        )
     return tabular_preprocessor(task, seed)

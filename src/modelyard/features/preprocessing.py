@@ -130,8 +130,9 @@ class TabularPreprocessor(BaseEstimator, TransformerMixin):
 
 
 def tabular_preprocessor(task: TaskSettings, seed: int = 0) -> TabularPreprocessor:
-    """An unfitted preprocessor for a tabular task: every schema column but the target is a feature."""
-    categorical = [c for c in task.schema_.names("category") if c != task.target]
+    """An unfitted preprocessor for a tabular task: every category and numeric schema column
+    but the target and the split column (`split.column`) is a feature."""
+    categorical = [c for c in task.schema_.names("category") if c not in (task.target, task.split.column)]
     numeric = [c for c in task.schema_.names("numeric") if c != task.target]
     return TabularPreprocessor(task.features, categorical, numeric, seed=seed)
 

@@ -1,5 +1,5 @@
 """Sequence classification: long-format rows (id, step, features..., label) to padded
-sequences for the LSTM, one sample per id."""
+sequences for the sequence networks, one sample per id."""
 
 from __future__ import annotations
 
@@ -13,19 +13,32 @@ from modelyard.errors import ModelyardError
 
 
 class SequencePreprocessor:
-    """Groups rows by `id`, orders them by `step`, standardises the feature columns with the
-    training rows' mean and spread (a missing value becomes the mean), and right-pads every
-    sequence to `max_length_` steps (default: the longest training sequence; a longer one
-    keeps its last steps). The last channel of the output marks real steps (1) and padding
-    (0): it carries each sequence's length to the LSTM, which packs the batch with it.
+    """Groups rows by `id`, orders them by `step`, scales the feature columns and right-pads
+    every sequence to `max_length_` steps (default: the longest training sequence; a longer
+    one keeps its last steps). `normalize`:
+    - "series": z-normalise each channel of each sequence by that sequence's own mean and
+      spread over its kept steps (the UCR convention: shape matters, not level); a constant
+      channel becomes zeros;
+    - "global": standardise each channel with the training rows' mean and spread.
+    A missing value becomes 0 after scaling (the mean). The last channel of the output marks
+    real steps (1) and padding (0): it carries each sequence's length to the network.
     Samples come out in sorted id order, as `sequence_labels` gives the labels.
     """
 
     masked_ = True  # the network reads the lengths from the last channel
 
-    def __init__(self, id_column: str, step_column: str, columns: Sequence[str], max_length: int | None = None):
+    def __init__(
+        self,
+        id_column: str,
+        step_column: str,
+        columns: Sequence[str],
+        max_length: int | None = None,
+        normalize: str = "series",
+    ):
+        if normalize not in ("series", "global"):
+            raise ValueError(f"normalize must be 'series' or 'global', got {normalize!r}")
         self.id_column, self.step_column, self.columns = id_column, step_column, list(columns)
-        self.max_length = max_length
+        self.max_length, self.normalize = max_length, normalize
 
     def fit(self, frame: pd.DataFrame, y: np.ndarray | None = None) -> SequencePreprocessor:
         values = self._rows(frame)[self.columns].to_numpy(dtype=float)
@@ -69,12 +82,28 @@ class SequencePreprocessor:
         position = ordered.groupby(self.id_column, sort=True).cumcount().to_numpy()
         first = np.maximum(counts[codes] - n_steps, 0)  # a long sequence keeps its last steps
         keep = position >= first
-        scaled = (ordered[self.columns].to_numpy(dtype=float) - self.mean_) / self.scale_
-        out = np.zeros((n_ids, n_steps, n_features + 1), dtype=np.float32)
         rows, steps = codes[keep], position[keep] - first[keep]
-        out[rows, steps, :n_features] = np.nan_to_num(scaled[keep])
+        values = ordered[self.columns].to_numpy(dtype=float)[keep]
+        # pickled before `normalize` existed: those models were trained on global scaling
+        if getattr(self, "normalize", "global") == "series":
+            scaled = _per_series(values, rows)
+        else:
+            scaled = (values - self.mean_) / self.scale_
+        out = np.zeros((n_ids, n_steps, n_features + 1), dtype=np.float32)
+        out[rows, steps, :n_features] = np.nan_to_num(scaled)
         out[rows, steps, n_features] = 1.0
         return out
+
+
+def _per_series(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`values` (n_rows, n_features) z-normalised within each group of `rows`, channel by
+    channel, ignoring NaN; a constant channel (up to rounding) becomes 0."""
+    groups = pd.DataFrame(values).groupby(rows)
+    mean = groups.transform("mean").to_numpy()
+    spread = groups.transform("std", ddof=0).to_numpy()
+    varies = spread > 1e-10 * np.abs(mean)  # rounding leaves a constant channel a tiny spread
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(varies, (values - mean) / np.where(varies, spread, 1.0), 0.0)
 
 
 def sequence_labels(frame: pd.DataFrame, id_column: str, target: str) -> pd.Series:

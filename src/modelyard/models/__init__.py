@@ -5,11 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from modelyard.config import Hyperparams
+from modelyard.models.bag import BagOfEmbeddings
 from modelyard.models.cnn import CNN
+from modelyard.models.conv1d import FCN, ResNet1D
 from modelyard.models.lstm import LSTMNet, MaskedLSTM
 from modelyard.models.mlp import MLP
 
-__all__ = ["CNN", "MLP", "LSTMNet", "MaskedLSTM", "build_model"]
+__all__ = ["CNN", "FCN", "MLP", "BagOfEmbeddings", "LSTMNet", "MaskedLSTM", "ResNet1D", "build_model"]
 
 
 def build_model(
@@ -46,7 +48,17 @@ def build_model(
             dense_units=hparams.dense_units,
             dropout=hparams.dropout,
         )
-    if family == "lstm":
+    if family == "lstm" and hparams.arch in ("fcn", "resnet"):
+        if not masked:
+            raise ValueError(f"arch {hparams.arch!r} classifies padded sequences (a masked input)")
+        return (FCN if hparams.arch == "fcn" else ResNet1D)(
+            shape[-1] - 1, n_outputs, filters=hparams.filters, dropout=hparams.dropout
+        )
+    if family == "lstm" and hparams.arch == "bag":
+        if not vocab_size:
+            raise ValueError("arch 'bag' embeds token ids: it needs a vocabulary (a text task)")
+        return BagOfEmbeddings(vocab_size, n_outputs, embed_dim=hparams.embed_dim, dropout=hparams.dropout)
+    if family == "lstm":  # arch lstm, or auto in bundles saved before arch existed
         return (MaskedLSTM if masked else LSTMNet)(
             n_outputs,
             n_features=None if vocab_size else shape[-1] - int(masked),

@@ -1,0 +1,95 @@
+"""The search space a study runs: the task's entries completed by the family's defaults,
+sized from the data, never searching what the task fixes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from modelyard.config import Distribution, TaskSettings, parse_settings
+from modelyard.search_space import (
+    batch_choices,
+    effective_space,
+    space_size,
+    tuning_task,
+)
+from tests.conftest import toy_params
+
+
+def task(**overrides: object) -> TaskSettings:
+    return parse_settings(toy_params(**overrides)).task("toy")
+
+
+def sequence_task(**overrides: object) -> TaskSettings:
+    columns = {
+        "sid": {"type": "integer"},
+        "t": {"type": "integer"},
+        "x": {"type": "number"},
+        "label": {"type": "category", "categories": ["a", "b"]},
+    }
+    entry = {
+        "source": {"path": "s.csv"},
+        "target": "label",
+        "problem": "binary",
+        "family": "lstm",
+        "schema": {"columns": columns},
+        "features": {"sequence": {"id": "sid", "step": "t"}},
+        **overrides,
+    }
+    return parse_settings({"tasks": {"seq": entry}}).task("seq")
+
+
+@pytest.mark.parametrize(
+    ("n_train", "expected"),
+    [(100, (16,)), (640, (16, 32)), (5000, (64, 128, 256)), (100_000, (128, 256, 512))],
+)
+def test_batch_sizes_give_every_epoch_enough_steps(n_train: int, expected: tuple[int, ...]) -> None:
+    assert batch_choices(n_train) == expected
+    assert n_train / max(expected) >= 16 or max(expected) == 16
+
+
+def test_no_search_space_searches_the_family_defaults() -> None:
+    space = effective_space(task(model={}, tune={"n_trials": 20}), n_train=640)
+    assert set(space) == {"lr", "weight_decay", "dropout", "batch_size", "n_layers", "units"}
+    assert space["lr"].log and space["units"].log
+    assert space["batch_size"].choices == (16, 32)
+    assert space_size(space) == math.inf
+
+
+def test_a_partial_space_is_completed_and_fixed_hparams_are_not_searched() -> None:
+    # toy fixes units and n_layers in `model:` and searches lr and batch_size itself
+    fixed = task()
+    space = effective_space(fixed, n_train=640)
+    assert space["lr"] == Distribution(low=1e-3, high=3e-2, log=True)  # the task's own range
+    assert space["batch_size"].choices == (32, 64)
+    assert {"weight_decay", "dropout"} <= set(space)
+    assert not {"units", "n_layers"} & set(space)
+
+
+def test_default_space_false_searches_only_the_tasks_entries() -> None:
+    only = task(tune={"default_space": False, "search_space": {"lr": {"low": 1e-3, "high": 1e-2}}})
+    assert set(effective_space(only, 640)) == {"lr"}
+    nothing = task(tune={"default_space": False})
+    assert effective_space(nothing, 640) == {} and space_size({}) == 1
+
+
+def test_space_size_counts_configurations() -> None:
+    space = {
+        "batch_size": Distribution(choices=(32, 64)),
+        "n_layers": Distribution(low=1, high=3),
+        "lr": Distribution(low=1e-3, high=1e-3),  # fixed: one value
+    }
+    assert space_size(space) == 6
+    assert space_size({**space, "dropout": Distribution(low=0.0, high=0.5)}) == math.inf
+
+
+def test_sequences_compare_fcn_and_resnet_unless_the_task_picks_one() -> None:
+    space = effective_space(sequence_task(), n_train=300)
+    assert space["arch"].choices == ("fcn", "resnet") and "filters" in space
+    assert "hidden_size" not in space  # no LSTM among the candidates
+    picked = sequence_task(model={"arch": "lstm"})
+    space = effective_space(picked, n_train=300)
+    assert "arch" not in space and {"hidden_size", "bidirectional"} <= set(space)
+    assert tuning_task(picked, 300).model.arch == "lstm"
+    assert tuning_task(sequence_task(), 300).model.arch == "fcn"  # `auto` resolved
