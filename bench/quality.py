@@ -7,7 +7,7 @@ commands; then the classic peers are fitted on that task's train + validation ro
 scored on its test rows: gradient boosting and a linear model for tables, 1-NN Euclidean
 for series, TF-IDF + logistic regression for text.
 
-    python bench/quality.py [--only wine,arrowhead] [--quick] [--workdir DIR --keep] [--out bench/QUALITY.md]
+    python bench/quality.py [--only wine,arrowhead] [--quick] [--workdir DIR [--reuse]] [--keep] [--out FILE]
 """
 
 from __future__ import annotations
@@ -344,7 +344,9 @@ def judge(result: dict[str, Any], regression: bool) -> None:
 # ---------------------------------------------------------------- one dataset
 
 
-def run_dataset(project: Path, dataset: Dataset, entry: dict[str, Any], timeout: float) -> dict[str, Any]:
+def run_dataset(
+    project: Path, dataset: Dataset, entry: dict[str, Any], timeout: float, reuse: bool = False
+) -> dict[str, Any]:
     regression = entry["problem"] == "regression"
     result: dict[str, Any] = {
         "dataset": dataset.name,
@@ -354,10 +356,19 @@ def run_dataset(project: Path, dataset: Dataset, entry: dict[str, Any], timeout:
         "metric": "rmse" if regression else "accuracy",
         "published_split": "test" in entry["source"],
     }
-    shutil.rmtree(project / "data" / dataset.name, ignore_errors=True)  # no resumed study, no stale split
-    seconds, failure = run_stages(project, dataset.name, timeout)
+    timings = project / "data" / dataset.name / "bench_seconds.json"
+    if reuse and (project / "data" / dataset.name / "metrics.json").is_file():
+        seconds = json.loads(timings.read_text()) if timings.is_file() else {}
+        failure = None
+        log("  reusing the trained model" + ("" if seconds else " (its stage times were not recorded)"))
+    else:
+        shutil.rmtree(project / "data" / dataset.name, ignore_errors=True)  # no resumed study, no stale split
+        seconds, failure = run_stages(project, dataset.name, timeout)
+        if failure is None:
+            write_atomic(timings, json.dumps(seconds) + "\n")
     result |= {"stage_seconds": seconds, "failed": failure}
-    result["modelyard_seconds"] = sum(seconds.get(stage, 0.0) for stage in TIMED) if failure is None else None
+    timed_stages = failure is None and all(stage in seconds for stage in TIMED)
+    result["modelyard_seconds"] = sum(seconds[stage] for stage in TIMED) if timed_stages else None
     metrics_file = project / "data" / dataset.name / "metrics.json"
     if failure is None:
         metrics = json.loads(metrics_file.read_text())
@@ -483,6 +494,11 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, help="the throwaway project folder (default: a new temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir (a --workdir is always kept)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --workdir: score a dataset's model trained there before instead of running its stages again",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the harness: not quality figures")
     parser.add_argument(
         "--out", type=Path, help="markdown report (default bench/QUALITY.md, --quick: bench/QUALITY_quick.md)"
@@ -529,7 +545,7 @@ def main() -> None:
         write_params(project, entries)
         for number, dataset in enumerate([d for d in chosen if d.name in entries], 1):
             log(f"[{number}/{len(entries)}] {dataset.name}")
-            results.append(run_dataset(project, dataset, entries[dataset.name], args.stage_timeout))
+            results.append(run_dataset(project, dataset, entries[dataset.name], args.stage_timeout, args.reuse))
     finally:
         if args.workdir is None and not args.keep:
             shutil.rmtree(project, ignore_errors=True)
