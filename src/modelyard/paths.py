@@ -80,7 +80,7 @@ class TaskPaths:
 
     @property
     def best_trial(self) -> Path:
-        """The best trial's weights (`network.pt`, when that trial ran on this machine)."""
+        """The best trial's weights and validation metrics (no weights when that trial ran on another machine)."""
         return self.dir / "best_trial.pt"
 
     def trial_checkpoints(self, study: str) -> Path:

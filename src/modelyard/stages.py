@@ -21,7 +21,7 @@ import pandas as pd
 
 from modelyard.config import Hyperparams, Settings, TaskSettings
 from modelyard.console import Progress, say
-from modelyard.data.sources import frame_hash, read_task_frame
+from modelyard.data.sources import SPLIT_MARKER, frame_hash, read_task_frame
 from modelyard.errors import ModelyardError
 from modelyard.files import atomic_path, read_json, write_json
 from modelyard.paths import TaskPaths
@@ -65,8 +65,6 @@ class Context:
 
 def ingest(ctx: Context) -> None:
     """Read the task's source into data/<task>/raw.parquet and record its size and hash."""
-    from modelyard.data.sources import SPLIT_MARKER
-
     frame = read_task_frame(ctx.task, ctx.root)
     with atomic_path(ctx.paths.raw) as temporary:
         frame.to_parquet(temporary, index=False)
