@@ -24,7 +24,7 @@ from modelyard.data.sources import conform
 from modelyard.errors import ModelyardError
 from modelyard.features import Preprocessor, TargetCodec
 from modelyard.files import atomic_path
-from modelyard.models import build_model
+from modelyard.models import Ensemble, build_model
 from modelyard.training import predict
 
 FORMAT_VERSION = 1
@@ -44,6 +44,12 @@ class ModelBundle:
     network: nn.Module
     reference: pd.DataFrame | None = None  # a sample of the training rows, for drift checks
     kind: str = "tabular"
+    threshold: float = 0.5  # binary: the positive class from this probability on
+
+    @property
+    def n_members(self) -> int:
+        """How many networks the model averages (1: a single network)."""
+        return len(self.network.members) if isinstance(self.network, Ensemble) else 1
 
     @property
     def input_columns(self) -> list[str]:
@@ -87,7 +93,7 @@ class ModelBundle:
             return pd.DataFrame({"prediction": self.codec.decode_values(output)})
         classes = np.asarray(self.codec.classes_, dtype=object)
         if self.problem == "binary":
-            return pd.DataFrame({"probability": output, "label": classes[(output >= 0.5).astype(int)]})
+            return pd.DataFrame({"probability": output, "label": classes[(output >= self.threshold).astype(int)]})
         result = pd.DataFrame({"probability": output.max(axis=1), "label": classes[output.argmax(axis=1)]})
         for i, name in enumerate(self.codec.classes_):
             result[f"prob_{name}"] = output[:, i]
@@ -111,6 +117,9 @@ class ModelBundle:
                 "input_shape": list(self.preprocessor.input_shape_),
                 "vocab_size": getattr(self.preprocessor, "vocab_size_", None),
                 "masked": getattr(self.preprocessor, "masked_", False),
+                "n_numeric": getattr(self.preprocessor, "n_numeric_", 0),
+                "ensemble": self.n_members,
+                "threshold": self.threshold,
                 "n_outputs": n_outputs(self.problem, self.codec, self.preprocessor),
             }
             (temporary / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -128,9 +137,19 @@ class ModelBundle:
                 parts = pickle.load(handle)
             hparams = Hyperparams.model_validate(meta["hparams"])
             shape = tuple(meta.get("input_shape") or [meta["n_inputs"]])
-            network = build_model(
-                meta["family"], shape, meta["n_outputs"], hparams, meta.get("vocab_size"), meta.get("masked", False)
-            )
+            members = [
+                build_model(
+                    meta["family"],
+                    shape,
+                    meta["n_outputs"],
+                    hparams,
+                    meta.get("vocab_size"),
+                    meta.get("masked", False),
+                    meta.get("n_numeric", 0),
+                )
+                for _ in range(meta.get("ensemble", 1))
+            ]
+            network = members[0] if len(members) == 1 else Ensemble(members, meta["problem"])
             network.load_state_dict(torch.load(directory / "network.pt", map_location="cpu", weights_only=True))
             reference_path = directory / REFERENCE_FILE
             reference = pd.read_parquet(reference_path) if reference_path.exists() else None
@@ -151,6 +170,7 @@ class ModelBundle:
             network=network,
             reference=reference,
             kind=meta.get("kind", "tabular"),
+            threshold=meta.get("threshold", 0.5),
         )
 
 

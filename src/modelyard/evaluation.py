@@ -30,13 +30,29 @@ def metric_names(problem: Problem) -> tuple[str, ...]:
     return REGRESSION_METRICS if problem == "regression" else CLASSIFICATION_METRICS
 
 
-def predicted_classes(problem: Problem, output: np.ndarray) -> np.ndarray:
-    """Class indices from probabilities: threshold 0.5 (binary) or the most probable class."""
-    return (output >= 0.5).astype(int) if problem == "binary" else output.argmax(axis=1)
+THRESHOLD_METRICS = ("accuracy", "f1")  # binary tasks choose their threshold on validation for these
 
 
-def metric_value(problem: Problem, name: str, y_true: np.ndarray, output: np.ndarray) -> float:
-    """One metric (a name from `metric_names`, no prefix); NaN for ROC-AUC when a class is absent."""
+def predicted_classes(problem: Problem, output: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Class indices from probabilities: the positive class from `threshold` on (binary), or
+    the most probable class."""
+    return (output >= threshold).astype(int) if problem == "binary" else output.argmax(axis=1)
+
+
+def best_threshold(y_true: np.ndarray, probability: np.ndarray, name: str) -> float:
+    """The binary decision threshold that maximises `name` (accuracy or f1) on these rows:
+    the midpoint between two neighbouring distinct probabilities, so it does not sit on a
+    row of its own. Ties go to the threshold nearest 0.5."""
+    values = np.unique(np.asarray(probability, dtype=float))
+    candidates = np.unique(np.concatenate([[0.5], (values[1:] + values[:-1]) / 2]))
+    scores = np.array([metric_value("binary", name, y_true, probability, t) for t in candidates])
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
+
+
+def metric_value(problem: Problem, name: str, y_true: np.ndarray, output: np.ndarray, threshold: float = 0.5) -> float:
+    """One metric (a name from `metric_names`, no prefix); NaN for ROC-AUC when a class is
+    absent. `threshold`: a binary model's decision threshold (accuracy, precision, recall, F1)."""
     if problem == "regression":
         if name == "rmse":
             return float(np.sqrt(skm.mean_squared_error(y_true, output)))
@@ -53,7 +69,7 @@ def metric_value(problem: Problem, name: str, y_true: np.ndarray, output: np.nda
         if len(np.unique(y_true)) < n_classes:
             return float("nan")
         return float(skm.roc_auc_score(y_true, output, multi_class="ovr"))
-    predicted = predicted_classes(problem, output)
+    predicted = predicted_classes(problem, output, threshold)
     if name == "accuracy":
         return float(np.mean(predicted == y_true))
     score = {"precision": skm.precision_score, "recall": skm.recall_score, "f1": skm.f1_score}[name]
@@ -61,7 +77,7 @@ def metric_value(problem: Problem, name: str, y_true: np.ndarray, output: np.nda
 
 
 def compute_metrics(
-    problem: Problem, y_true: np.ndarray, output: np.ndarray, prefix: str = "test_"
+    problem: Problem, y_true: np.ndarray, output: np.ndarray, prefix: str = "test_", threshold: float = 0.5
 ) -> dict[str, float]:
     """Classification: accuracy, precision, recall, F1, ROC-AUC, log loss; regression: RMSE,
     MAE, MAPE (percent), R2.
@@ -70,17 +86,17 @@ def compute_metrics(
     probabilities (positive class for binary, one column per class for multiclass) or values.
     ROC-AUC is left out when the rows do not hold every class.
     """
-    values = {name: metric_value(problem, name, y_true, output) for name in metric_names(problem)}
+    values = {name: metric_value(problem, name, y_true, output, threshold) for name in metric_names(problem)}
     return {f"{prefix}{k}": v for k, v in values.items() if not np.isnan(v)}
 
 
 def curve_tables(
-    problem: Problem, y_true: np.ndarray, output: np.ndarray, class_labels: list[str]
+    problem: Problem, y_true: np.ndarray, output: np.ndarray, class_labels: list[str], threshold: float = 0.5
 ) -> dict[str, pd.DataFrame]:
     """Data for DVC plots: per-row actual/predicted labels, and ROC and PR curves (binary)."""
     if problem == "regression":
         return {"predictions": pd.DataFrame({"actual": y_true, "predicted": output})}
-    predicted = predicted_classes(problem, output)
+    predicted = predicted_classes(problem, output, threshold)
 
     # Categoricals keep every class in the confusion matrix, also one never predicted.
     def as_labels(codes: np.ndarray) -> pd.Categorical:

@@ -64,6 +64,7 @@ def bootstrap_interval(
     n_resamples: int,
     confidence: float,
     seed: int = 0,
+    thresholds: tuple[float, float] = (0.5, 0.5),
 ) -> tuple[float, float]:
     """Percentile interval of the paired improvement over resamples of the rows.
 
@@ -75,8 +76,8 @@ def bootstrap_interval(
     differences = []
     for _ in range(n_resamples):
         rows = rng.integers(0, n_rows, n_rows)
-        new = metric_value(problem, name, y_true[rows], challenger[rows])
-        old = metric_value(problem, name, y_true[rows], champion[rows])
+        new = metric_value(problem, name, y_true[rows], challenger[rows], thresholds[0])
+        old = metric_value(problem, name, y_true[rows], champion[rows], thresholds[1])
         if not (np.isnan(new) or np.isnan(old)):
             differences.append(_improvement(metric, new, old))
     if not differences:
@@ -94,18 +95,21 @@ def compare(
     champion: np.ndarray,
     settings: RegistrySettings,
     seed: int = 0,
+    thresholds: tuple[float, float] = (0.5, 0.5),
 ) -> Comparison:
-    """Compare two models' outputs on the same rows (`metric` like `test_roc_auc`)."""
+    """Compare two models' outputs on the same rows (`metric` like `test_roc_auc`), each
+    binary model's class decisions at its own threshold (challenger, champion)."""
     name = metric.removeprefix("test_")
-    new = metric_value(problem, name, y_true, challenger)
-    old = metric_value(problem, name, y_true, champion)
+    new = metric_value(problem, name, y_true, challenger, thresholds[0])
+    old = metric_value(problem, name, y_true, champion, thresholds[1])
     improvement = _improvement(metric, new, old)
     method = settings.test if settings.test != "auto" else ("mcnemar" if name == "accuracy" else "bootstrap")
     ci_low = ci_high = p_value = None
     if method == "mcnemar":
         truth = np.asarray(y_true)
         p_value = mcnemar_p_value(
-            predicted_classes(problem, challenger) == truth, predicted_classes(problem, champion) == truth
+            predicted_classes(problem, challenger, thresholds[0]) == truth,
+            predicted_classes(problem, champion, thresholds[1]) == truth,
         )
         significant = improvement > 0 and p_value < 1.0 - settings.confidence
         evidence = f"McNemar p={p_value:.4g}"
@@ -119,6 +123,7 @@ def compare(
             n_resamples=settings.n_bootstrap,
             confidence=settings.confidence,
             seed=seed,
+            thresholds=thresholds,
         )
         significant = bool(ci_low > 0)
         evidence = f"{settings.confidence:.0%} CI of the improvement [{ci_low:+.4f}, {ci_high:+.4f}]"

@@ -134,13 +134,18 @@ def load_champion(name: str, version: int | None = None) -> Any:
     return mlflow.pyfunc.load_model(f"models:/{name}/{version}" if version else f"models:/{name}@{CHAMPION}")
 
 
+def bundle_of(model: Any) -> ModelBundle:
+    """The bundle inside a loaded pyfunc model of ours."""
+    return model.unwrap_python_model().bundle
+
+
 def champion_bundle(client: MlflowClient, name: str) -> ModelBundle | None:
     """The champion's bundle (hyperparameters, training sample), or None if there is no
     usable champion; register reports a damaged one when it tries to score it."""
     if champion_version(client, name) is None:
         return None
     try:
-        return load_champion(name).unwrap_python_model().bundle
+        return bundle_of(load_champion(name))
     except Exception:
         return None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,9 @@ def network_size(task: TaskSettings, preprocessing: dict[str, Any]) -> dict[str,
         "n_outputs": n_outputs(task.problem, codec, preprocessor),
         "vocab_size": getattr(preprocessor, "vocab_size_", None),
         "masked": getattr(preprocessor, "masked_", False),
+        "n_numeric": getattr(preprocessor, "n_numeric_", 0),
         "target_scale": getattr(preprocessor, "target_scale_", getattr(codec, "scale_", 1.0)),
+        "target_offset": getattr(codec, "mean_", 0.0),
     }
 
 
@@ -291,14 +293,17 @@ def _reference_sample(train: pd.DataFrame, seed: int) -> pd.DataFrame:
 def train(ctx: Context) -> None:
     """Train the final model with the best hyperparameters; save the bundle and log it to MLflow.
 
-    The final run trains longer than a trial (see `training.py`); should it still score
-    worse on validation than the best trial's own weights, those weights are kept instead,
-    so train never hands on a model worse than what tuning found. The choice is logged
-    (`modelyard.train_source`: retrained or best_trial) and written to train.json.
+    The final run trains longer than a trial (see `training.py`). With `train.ensemble: k`
+    it trains k seeds of the best configuration and the model averages them. Should the
+    result still score worse on validation than the best trial's own weights, those weights
+    are kept instead, so train never hands on a model worse than what tuning found. The
+    choice is logged (`modelyard.train_source`: retrained, ensemble or best_trial) and
+    written to train.json.
     """
     from modelyard import registry, tracking
     from modelyard.bundle import ModelBundle
-    from modelyard.training import FitOptions, fit
+    from modelyard.models import Ensemble
+    from modelyard.training import FitOptions, fit, score
 
     task = ctx.task
     arrays = _load_arrays(ctx)
@@ -306,7 +311,6 @@ def train(ctx: Context) -> None:
     hparams = Hyperparams.model_validate(read_json(ctx.need(ctx.paths.best_params, "tune"))["hparams"])
     codec = preprocessing["codec"]
     size = network_size(task, preprocessing)
-    network = _network(arrays, size, task, hparams)
     options = FitOptions.for_task(
         task,
         max_epochs=task.train.max_epochs,
@@ -314,28 +318,55 @@ def train(ctx: Context) -> None:
         seed=ctx.settings.seed,
         device=ctx.settings.device,
         target_scale=size["target_scale"],
+        target_offset=size["target_offset"],
     )
-    val = (arrays["x_val"], arrays["y_val"])
+    train_rows, val = (arrays["x_train"], arrays["y_train"]), (arrays["x_val"], arrays["y_val"])
+    n_members = task.train.ensemble
     client = tracking.connect(ctx.root)
     experiment = tracking.experiment_id(client, ctx.root, ctx.task_name)
     inputs = {"features.npz": ctx.paths.features, "best_params.json": ctx.paths.best_params}
     run = tracking.start_run(client, experiment, f"train-{ctx.task_name}", ctx.tags("train", inputs))
-    progress = Progress(options.epochs_for(len(arrays["x_train"]), hparams.batch_size), f"train {ctx.task_name} epoch")
+    epochs = options.epochs_for(len(train_rows[0]), hparams.batch_size)
+    progress = Progress(epochs * n_members, f"train {ctx.task_name} epoch")
 
-    def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-        run.log_metrics(metrics, step=epoch)
-        progress.step(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    def member_epoch_end(member: int) -> Callable[[int, dict[str, float]], None]:
+        """Member 0 logs the plain metric names; the others a `member<i>_` prefix."""
+        prefix = f"member{member}_" if member else ""
+
+        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+            run.log_metrics({prefix + k: v for k, v in metrics.items()}, step=epoch)
+            progress.step(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+        return on_epoch_end
 
     try:
         run.log_params({**hparams.model_dump(), **task.train.model_dump(), "seed": ctx.settings.seed})
-        result = fit(network, (arrays["x_train"], arrays["y_train"]), val, hparams, options, on_epoch_end)
+        members, results = [], []
+        for member in range(n_members):
+            network = _network(arrays, size, task, hparams)
+            member_options = replace(options, seed=options.seed + member)
+            results.append(fit(network, train_rows, val, hparams, member_options, member_epoch_end(member)))
+            members.append(network)
         progress.close()
-        network, best_epoch, val_metrics, source = _better_of(
-            network, result, _network(arrays, size, task, hparams), ctx.paths.best_trial, val, options
+        best_epoch, epochs_run = results[0].best_epoch, [len(r.history) for r in results]
+        if n_members == 1:
+            candidate = (members[0], results[0].best_metrics, "retrained")
+        else:
+            ensemble = Ensemble(members, task.problem)
+            candidate = (ensemble, score(ensemble, val, hparams, options), "ensemble")
+        network, val_metrics, source, trial_epoch = _better_of(
+            candidate, _network(arrays, size, task, hparams), ctx.paths.best_trial, val, hparams, options
         )
         if source == "best_trial":
+            best_epoch = trial_epoch
             say(f"train {ctx.task_name}: the best trial's weights score better on validation; keeping them")
         network.cpu()
+        threshold = _decision_threshold(task, network, val)
+        if threshold != 0.5:
+            say(
+                f"train {ctx.task_name}: decision threshold {threshold:.3f}, "
+                f"chosen on validation for {task.promotion_metric}"
+            )
         bundle = ModelBundle(
             family=task.family,
             problem=task.problem,
@@ -347,13 +378,16 @@ def train(ctx: Context) -> None:
             network=network,
             reference=_reference_sample(ctx.read_split("train"), ctx.settings.seed),
             kind=task.kind,
+            threshold=threshold,
         )
         # Logged from a staging folder that replaces the old model only once MLflow has it:
         # a failure or kill while logging leaves the previous model in place.
         with atomic_path(ctx.paths.model_dir) as staging:
             bundle.save(staging)
             model_uri = registry.log_bundle(run.run_id, staging, bundle, input_example(ctx))
-        run.log_metrics({f"best_{k}": v for k, v in val_metrics.items()} | {"best_epoch": best_epoch})
+        run.log_metrics(
+            {f"best_{k}": v for k, v in val_metrics.items()} | {"best_epoch": best_epoch, "threshold": threshold}
+        )
         run.set_tags({TAG_TRAIN_SOURCE: source})
     except BaseException:
         run.finish("FAILED")
@@ -367,12 +401,26 @@ def train(ctx: Context) -> None:
             "run_id": run.run_id,
             "model_uri": model_uri,
             "source": source,
+            "ensemble": bundle.n_members,
             "best_epoch": best_epoch,
-            "epochs_run": len(result.history),
+            "threshold": threshold,
+            "epochs_run": epochs_run if n_members > 1 else epochs_run[0],
             "val": val_metrics,
         },
     )
     say(f"train {ctx.task_name}: best epoch {best_epoch} ({source}), {task.monitor}={val_metrics[task.monitor]:.4f}")
+
+
+def _decision_threshold(task: TaskSettings, network, val: tuple[np.ndarray, np.ndarray]) -> float:
+    """A binary task promoted on accuracy or F1 decides at the threshold that maximises that
+    metric on validation; any other task at 0.5."""
+    from modelyard.evaluation import THRESHOLD_METRICS, best_threshold
+    from modelyard.training import predict
+
+    metric = task.promotion_metric.removeprefix("test_")
+    if task.problem != "binary" or metric not in THRESHOLD_METRICS:
+        return 0.5
+    return best_threshold(val[1], predict(network, val[0], "binary"), metric)
 
 
 def _network(arrays: dict[str, np.ndarray], size: dict[str, Any], task: TaskSettings, hparams: Hyperparams):
@@ -380,26 +428,29 @@ def _network(arrays: dict[str, np.ndarray], size: dict[str, Any], task: TaskSett
     from modelyard.models import build_model
 
     shape = arrays["x_train"].shape[1:]
-    return build_model(task.family, shape, size["n_outputs"], hparams, size["vocab_size"], size["masked"])
+    return build_model(
+        task.family, shape, size["n_outputs"], hparams, size["vocab_size"], size["masked"], size["n_numeric"]
+    )
 
 
-def _better_of(network, result, spare, checkpoint: Path, val: tuple[np.ndarray, np.ndarray], options) -> tuple:
-    """(network, best epoch, validation metrics, source): the retrained network, or `spare`
-    loaded with the best trial's weights when those score better on validation."""
+def _better_of(candidate: tuple, spare, checkpoint: Path, val: tuple[np.ndarray, np.ndarray], hparams, options):
+    """(network, validation metrics, source, best trial's epoch or -1): the `candidate`
+    (network, its validation metrics, source), or `spare` loaded with the best trial's
+    weights when those score better on validation."""
     from modelyard.training import improves, load_checkpoint, score
 
-    retrained = (network, result.best_epoch, result.best_metrics, "retrained")
+    network, candidate_metrics, source = candidate
     trial = load_checkpoint(checkpoint)
     if trial is None:
-        return retrained
+        return network, candidate_metrics, source, -1
     try:
         spare.load_state_dict(trial["state_dict"])
     except (RuntimeError, KeyError):  # weights of another network shape: not this study's
-        return retrained
-    metrics = score(spare, val, options)
-    if improves(metrics, result.best_metrics, options.monitor):
-        return spare, int(trial["best_epoch"]), metrics, "best_trial"
-    return retrained
+        return network, candidate_metrics, source, -1
+    metrics = score(spare, val, hparams, options)
+    if improves(metrics, candidate_metrics, options.monitor):
+        return spare, metrics, "best_trial", int(trial["best_epoch"])
+    return network, candidate_metrics, source, -1
 
 
 def model_input(task: TaskSettings, frame: pd.DataFrame) -> pd.DataFrame | np.ndarray:
@@ -472,13 +523,13 @@ def evaluate(ctx: Context) -> None:
     task = ctx.task
     bundle = ModelBundle.load(ctx.need(ctx.paths.model_dir, "train"))
     truth, outputs = test_outputs(ctx, bundle.predict, bundle.codec)
-    metrics = compute_metrics(task.problem, truth, outputs)
+    metrics = compute_metrics(task.problem, truth, outputs, threshold=bundle.threshold)
     if task.kind == "series":
         naive = test_outputs(ctx, lambda history: bundle.preprocessor.forecast(history, None), None)
         metrics |= compute_metrics("regression", *naive, prefix="test_naive_")
         metrics["test_rmse_vs_naive"] = metrics["test_rmse"] / metrics["test_naive_rmse"]
     classes = getattr(bundle.codec, "classes_", [])
-    tables = curve_tables(task.problem, truth, outputs, classes)
+    tables = curve_tables(task.problem, truth, outputs, classes, bundle.threshold)
     write_json(ctx.paths.metrics, metrics)
     with atomic_path(ctx.paths.plots_dir) as temporary:
         temporary.mkdir()
@@ -521,6 +572,7 @@ def register_model(ctx: Context) -> dict[str, Any]:
         try:
             champion = registry.load_champion(ctx.task_name)
             truth_again, outputs = test_outputs(ctx, champion.predict, bundle.codec)
+            thresholds = (bundle.threshold, registry.bundle_of(champion).threshold)
             if len(truth_again) != len(truth):
                 raise ValueError(f"it scored {len(truth_again)} test values, the new model {len(truth)}")
         except Exception as exc:
@@ -529,7 +581,16 @@ def register_model(ctx: Context) -> dict[str, Any]:
                 "the champion alias was left unchanged; point it at a working version in the MLflow UI, "
                 "or delete the alias to let the next model take it",
             ) from None
-        return compare(task.problem, metric, truth, challenger, outputs, task.registry, seed=ctx.settings.seed)
+        return compare(
+            task.problem,
+            metric,
+            truth,
+            challenger,
+            outputs,
+            task.registry,
+            seed=ctx.settings.seed,
+            thresholds=thresholds,
+        )
 
     client = tracking.connect(ctx.root)
     return registry.register(

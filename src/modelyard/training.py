@@ -36,6 +36,7 @@ from modelyard.config import Hyperparams, Problem, TaskSettings
 from modelyard.errors import ModelyardError
 from modelyard.evaluation import lower_is_better
 from modelyard.features.augment import ImageAugmenter
+from modelyard.losses import loss_function
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 EVAL_BATCH = 8192
@@ -58,10 +59,10 @@ class FitOptions:
     max_epochs: int | None  # None: sized from the data (`auto_budget`)
     patience: int
     grad_clip: float | None = 1.0
-    loss: str = "auto"
     seed: int = 0
     device: str = "auto"
     target_scale: float = 1.0  # regression: multiplies val_rmse / val_mae back to target units
+    target_offset: float = 0.0  # regression: added after the scale to give target units
     min_epochs: int = 0
     min_patience_steps: int = 0
     schedule: str = "cosine"  # cosine (after a linear warm-up) | constant
@@ -78,6 +79,7 @@ class FitOptions:
         seed: int,
         device: str,
         target_scale: float = 1.0,
+        target_offset: float = 0.0,
         tuning: bool = False,
     ) -> FitOptions:
         """The options a task's settings imply; a tuning trial differs in its budget and
@@ -89,10 +91,10 @@ class FitOptions:
             max_epochs=max_epochs,
             patience=patience,
             grad_clip=train.grad_clip,
-            loss=task.loss,
             seed=seed,
             device=device,
             target_scale=target_scale,
+            target_offset=target_offset,
             min_epochs=train.min_epochs,
             min_patience_steps=0 if tuning else PATIENCE_STEPS,
             schedule=train.schedule,
@@ -160,13 +162,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def loss_function(problem: Problem, loss: str = "auto") -> nn.Module:
-    """The training loss that matches the output layer: logits for classification."""
-    if problem == "binary":
-        return nn.BCEWithLogitsLoss()
-    if problem == "multiclass":
-        return nn.CrossEntropyLoss()
-    return {"auto": nn.MSELoss, "mse": nn.MSELoss, "mae": nn.L1Loss, "huber": nn.HuberLoss}[loss]()
+def criterion(hparams: Hyperparams, options: FitOptions) -> nn.Module:
+    """The run's loss (`hparams.loss`, see `modelyard.losses`)."""
+    return loss_function(
+        options.problem, hparams.loss, hparams.label_smoothing, options.target_offset, options.target_scale
+    )
 
 
 def make_optimizer(model: nn.Module, hparams: Hyperparams) -> torch.optim.Optimizer:
@@ -220,7 +220,7 @@ def fit(
     y_train = as_target(train[1], options.problem, device)
     x_val = torch.as_tensor(val[0], dtype=torch.float32, device=device)
     y_val = as_target(val[1], options.problem, device)
-    criterion = loss_function(options.problem, options.loss)
+    loss_fn = criterion(hparams, options)
     optimizer = make_optimizer(model, hparams)
     autocast, scaler = _autocast(device)
     generator = torch.Generator(device=device).manual_seed(options.seed)
@@ -244,7 +244,7 @@ def fit(
             index = order[start : start + batch_size]
             inputs = x_train[index] if augment is None else augment(x_train[index], generator)
             with autocast:
-                loss = criterion(_output(model(inputs), options.problem), y_train[index])
+                loss = loss_fn(_output(model(inputs), options.problem), y_train[index])
                 if hparams.l1 > 0:
                     loss = loss + hparams.l1 * sum(w.abs().sum() for w in linear_weights)
             optimizer.zero_grad(set_to_none=True)
@@ -267,7 +267,7 @@ def fit(
             raise TrainingDiverged(
                 f"training loss became {metrics['train_loss']} at epoch {epoch}; lower the learning rate"
             )
-        metrics.update(validation_metrics(model, x_val, y_val, criterion, options))
+        metrics.update(validation_metrics(model, x_val, y_val, loss_fn, options))
         history.append(metrics)
         if improves(metrics, history[best_epoch] if best_epoch >= 0 else None, options.monitor):
             best_epoch, last_gain = epoch, epoch
@@ -284,13 +284,15 @@ def fit(
     return FitResult(best_epoch=best_epoch, best_metrics=history[best_epoch], history=history)
 
 
-def score(model: nn.Module, val: tuple[np.ndarray, np.ndarray], options: FitOptions) -> dict[str, float]:
+def score(
+    model: nn.Module, val: tuple[np.ndarray, np.ndarray], hparams: Hyperparams, options: FitOptions
+) -> dict[str, float]:
     """A trained model's validation metrics, as `fit` computes them each epoch."""
     device = resolve_device(options.device)
     model.to(device)
     x = torch.as_tensor(val[0], dtype=torch.float32, device=device)
     y = as_target(val[1], options.problem, device)
-    return validation_metrics(model, x, y, loss_function(options.problem, options.loss), options)
+    return validation_metrics(model, x, y, criterion(hparams, options), options)
 
 
 def save_checkpoint(
@@ -328,7 +330,7 @@ def eval_batch(shape: tuple[int, ...]) -> int:
 
 @torch.no_grad()
 def validation_metrics(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module, options: FitOptions
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, options: FitOptions
 ) -> dict[str, float]:
     """val_loss plus val_accuracy (classification) or val_rmse / val_mae (regression)."""
     model.eval()
@@ -340,7 +342,7 @@ def validation_metrics(
     for start in range(0, len(x), step):
         out = _output(model(x[start : start + step]).float(), options.problem)
         target = y[start : start + step]
-        loss_sum += criterion(out, target) * len(target)
+        loss_sum += loss_fn(out, target) * len(target)
         if options.problem == "binary":
             hits += ((out > 0).float() == target).sum()
         elif options.problem == "multiclass":

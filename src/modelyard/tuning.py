@@ -99,7 +99,9 @@ class Arrays:
     n_outputs: int
     vocab_size: int | None = None  # text tasks: the embedding's size
     masked: bool = False  # sequence classification: the last input channel is a step mask
+    n_numeric: int = 0  # tabular tasks: the trailing numeric feature columns
     target_scale: float = 1.0  # regression: val_rmse in target units
+    target_offset: float = 0.0  # regression: with the scale, values back in target units
 
 
 @dataclass(frozen=True)
@@ -381,6 +383,7 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
         seed=setup.seed,
         device=setup.device,
         target_scale=arrays.target_scale,
+        target_offset=arrays.target_offset,
         tuning=True,
     )
 
@@ -392,7 +395,9 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
                 raise optuna.TrialPruned()
 
         shape = arrays.x_train.shape[1:]
-        model = build_model(task.family, shape, arrays.n_outputs, hparams, arrays.vocab_size, arrays.masked)
+        model = build_model(
+            task.family, shape, arrays.n_outputs, hparams, arrays.vocab_size, arrays.masked, arrays.n_numeric
+        )
         result = fit(
             model, (arrays.x_train, arrays.y_train), (arrays.x_val, arrays.y_val), hparams, options, on_epoch_end
         )

@@ -43,7 +43,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("trained") / "project"
     (root / "data" / "sources").mkdir(parents=True)
     (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(toy_params()))
+    # an ensemble of two seeds: evaluate, register and predict below all run on one
+    (root / "params.yaml").write_text(yaml.safe_dump(toy_params(train={"max_epochs": 4, "patience": 2, "ensemble": 2})))
     toy_frame().to_csv(root / "data" / "sources" / "toy.csv", index=False)
     with pytest.MonkeyPatch.context() as patch:
         uri = f"sqlite:///{root.parent / 'mlflow.db'}"
@@ -120,8 +121,11 @@ def test_the_trained_model_is_no_worse_on_validation_than_its_best_trial(trained
     best = json.loads(ctx.paths.best_params.read_text())
     summary = json.loads(ctx.paths.train_summary.read_text())
     assert summary["val"]["val_accuracy"] >= best["val_accuracy"]
-    assert summary["source"] in {"retrained", "best_trial"}
+    assert summary["source"] in {"ensemble", "best_trial"}
+    assert summary["ensemble"] == (2 if summary["source"] == "ensemble" else 1)
+    assert len(summary["epochs_run"]) == 2  # both seeds trained
     run = client.get_run(summary["run_id"])
+    assert "member1_val_loss" in run.data.metrics  # the second seed's curve is on the run too
     assert run.data.tags["modelyard.train_source"] == summary["source"]
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(summary["val"]["val_accuracy"])
 

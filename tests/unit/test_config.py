@@ -78,10 +78,14 @@ def test_settings_are_frozen() -> None:
         (
             ("tasks", "adult"),
             "famliy",
-            "source, target, problem, family, positive_label, metric, loss, schema, split, features, model, tune, "
+            "source, target, problem, family, positive_label, metric, schema, split, features, model, tune, "
             "train, registry",
         ),
-        (("tasks", "adult", "train"), "max_epoch", "max_epochs, patience, min_epochs, schedule, warmup, grad_clip"),
+        (
+            ("tasks", "adult", "train"),
+            "max_epoch",
+            "max_epochs, patience, min_epochs, schedule, warmup, grad_clip, ensemble",
+        ),
         (("tasks", "adult", "tune", "search_space", "lr"), "lo", "low, high, log, step, choices"),
         (("tasks", "adult", "schema", "columns", "age"), "mn", "type, min, max, categories, max_null_fraction"),
     ],
@@ -232,7 +236,11 @@ def target_encoder_on_multiclass(raw: dict) -> None:
         ),
         (
             lambda r: adult(r)["features"].update(scaler="log"),
-            ["tasks.adult.features.scaler:", "'standard', 'minmax', 'robust', 'quantile' or 'none'", "'log'"],
+            [
+                "tasks.adult.features.scaler:",
+                "'standard', 'minmax', 'robust', 'robust_clip', 'quantile' or 'none'",
+                "'log'",
+            ],
         ),
         (
             lambda r: adult(r)["source"].update(path="adult.csv"),
@@ -246,7 +254,10 @@ def target_encoder_on_multiclass(raw: dict) -> None:
         (lambda r: adult(r).update(positive_label="rich"), ["positive_label 'rich' is not one of"]),
         (lambda r: adult(r).update(problem="regression"), ["target 'income' of a regression task must be numeric"]),
         (lambda r: adult(r).update(metric="rmse"), ["metric 'rmse' is for regression"]),
-        (lambda r: adult(r).update(loss="huber"), ["loss applies to regression tasks"]),
+        (
+            lambda r: adult(r)["model"].update(loss="huber"),
+            ["loss 'huber' is not for binary tasks", "logistic, hinge, kl"],
+        ),
         (lambda r: r["tasks"].update({"Adult Copy": adult(r)}), ["task name 'Adult Copy'"]),
         (lambda r: adult(r)["registry"].update(test="mcnemar"), ["'mcnemar' compares accuracy"]),
         (lambda r: adult(r).update(family="lstm"), ["family 'lstm' needs one of features.series"]),
@@ -333,4 +344,4 @@ def test_parse_gives_settings_with_defaults(raw: dict) -> None:
     settings = parse_settings(raw)
     assert isinstance(settings, Settings)
     assert settings.device == "auto"
-    assert settings.task("adult").loss == "auto"
+    assert settings.task("adult").model.loss == "auto"

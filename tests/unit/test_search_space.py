@@ -51,8 +51,10 @@ def test_batch_sizes_give_every_epoch_enough_steps(n_train: int, expected: tuple
 
 def test_no_search_space_searches_the_family_defaults() -> None:
     space = effective_space(task(model={}, tune={"n_trials": 20}), n_train=640)
-    assert set(space) == {"lr", "weight_decay", "dropout", "batch_size", "n_layers", "units"}
-    assert space["lr"].log and space["units"].log
+    mlp = {"lr", "weight_decay", "dropout", "batch_size", "n_layers", "units"}
+    assert set(space) == mlp | {"numeric_embedding", "frequency_scale"}  # the toy table has numeric columns
+    assert space["numeric_embedding"].choices == ("periodic", "none")
+    assert space["lr"].log and space["units"].log and space["frequency_scale"].log
     assert space["batch_size"].choices == (16, 32)
     assert space_size(space) == math.inf
 
@@ -93,3 +95,10 @@ def test_sequences_compare_fcn_and_resnet_unless_the_task_picks_one() -> None:
     assert "arch" not in space and {"hidden_size", "bidirectional"} <= set(space)
     assert tuning_task(picked, 300).model.arch == "lstm"
     assert tuning_task(sequence_task(), 300).model.arch == "fcn"  # `auto` resolved
+
+
+def test_a_table_without_numeric_columns_searches_no_numeric_embedding() -> None:
+    label = {"type": "category", "categories": ["no", "yes"]}
+    columns = {"color": {"type": "category", "categories": ["red", "green"]}, "label": label}
+    only_categories = task(schema={"columns": columns}, features={}, model={})
+    assert "numeric_embedding" not in effective_space(only_categories, n_train=640)

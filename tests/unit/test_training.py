@@ -70,6 +70,8 @@ def train(
     **overrides,
 ) -> tuple[torch.nn.Module, FitResult]:
     torch.manual_seed(model_seed)
+    if "loss" in overrides:
+        hparams = hparams.model_copy(update={"loss": overrides.pop("loss")})
     model = build_model("ann", data[0].shape[1], N_OUTPUTS[problem], hparams)
     result = fit(model, data, val or data, hparams, make_options(problem, **overrides))
     return model, result
@@ -94,14 +96,6 @@ def test_overfits_one_batch_of_random_regression_targets(loss: str, near_zero: f
     assert result.history[0]["train_loss"] > 0.3
     assert result.history[-1]["train_loss"] < near_zero
     assert np.abs(predict(model, x, "regression") - y).mean() < 0.2
-
-
-def test_loss_choice_picks_the_criterion() -> None:
-    assert isinstance(loss_function("binary"), torch.nn.BCEWithLogitsLoss)
-    assert isinstance(loss_function("multiclass"), torch.nn.CrossEntropyLoss)
-    assert isinstance(loss_function("regression"), torch.nn.MSELoss)
-    assert isinstance(loss_function("regression", "mae"), torch.nn.L1Loss)
-    assert isinstance(loss_function("regression", "huber"), torch.nn.HuberLoss)
 
 
 def test_same_params_and_seed_give_identical_history() -> None:

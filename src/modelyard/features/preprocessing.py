@@ -93,6 +93,11 @@ class TabularPreprocessor(BaseEstimator, TransformerMixin):
         """One row's shape as the network takes it."""
         return (self.n_features_out_,)
 
+    @property
+    def n_numeric_(self) -> int:
+        """The numeric columns, one output column each, come last in the output."""
+        return len(self.numeric)
+
     def transform(self, X: pd.DataFrame) -> np.ndarray:
         """Encode rows with what `fit` learned: float32, shape (n_rows, n_features_out_)."""
         check_is_fitted(self, "columns_")
@@ -181,11 +186,21 @@ def _make_scaler(settings: FeatureSettings, n_rows: int, seed: int) -> object:
         return MinMaxScaler()
     if settings.scaler == "robust":
         return RobustScaler()
+    if settings.scaler == "robust_clip":
+        return Pipeline(
+            [("robust", RobustScaler()), ("clip", FunctionTransformer(smooth_clip, feature_names_out="one-to-one"))]
+        )
     if settings.scaler == "quantile":
         return QuantileTransformer(
             output_distribution="normal", n_quantiles=max(1, min(1000, n_rows)), random_state=seed
         )
     return "passthrough"
+
+
+def smooth_clip(x: np.ndarray) -> np.ndarray:
+    """x / sqrt(1 + (x/3)^2): about x near 0, bounded by +-3 (RealMLP, Holzmüller et al. 2024),
+    so a few extreme values cannot dominate a scaled column."""
+    return x / np.sqrt(1.0 + (np.asarray(x, dtype=np.float64) / 3.0) ** 2)
 
 
 def _as_text(frame: pd.DataFrame) -> pd.DataFrame:

@@ -8,10 +8,11 @@ from modelyard.config import Hyperparams
 from modelyard.models.bag import BagOfEmbeddings
 from modelyard.models.cnn import CNN
 from modelyard.models.conv1d import FCN, ResNet1D
+from modelyard.models.ensemble import Ensemble
 from modelyard.models.lstm import LSTMNet, MaskedLSTM
 from modelyard.models.mlp import MLP
 
-__all__ = ["CNN", "FCN", "MLP", "BagOfEmbeddings", "LSTMNet", "MaskedLSTM", "ResNet1D", "build_model"]
+__all__ = ["CNN", "FCN", "MLP", "BagOfEmbeddings", "Ensemble", "LSTMNet", "MaskedLSTM", "ResNet1D", "build_model"]
 
 
 def build_model(
@@ -21,11 +22,13 @@ def build_model(
     hparams: Hyperparams,
     vocab_size: int | None = None,
     masked: bool = False,
+    n_numeric: int = 0,
 ) -> nn.Module:
     """The network for a model family, sized for one sample's input shape (features for
     `ann`; channels, height, width for `cnn`; steps and features, or steps of token ids when
     `vocab_size` is given, for `lstm`) and built from hyperparameters. `masked`: the LSTM's
-    last input channel is a step mask (padded sequence classification)."""
+    last input channel is a step mask (padded sequence classification). `n_numeric`: how
+    many trailing feature columns are numeric (an MLP's periodic embeddings take them)."""
     shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
     if family == "ann":
         return MLP(
@@ -36,6 +39,11 @@ def build_model(
             activation=hparams.activation,
             dropout=hparams.dropout,
             batch_norm=hparams.batch_norm,
+            n_numeric=n_numeric,
+            embedding=hparams.numeric_embedding,
+            n_frequencies=hparams.n_frequencies,
+            embedding_dim=hparams.numeric_embed_dim,
+            frequency_scale=hparams.frequency_scale,
         )
     if family == "cnn":
         return CNN(

@@ -1,7 +1,10 @@
-"""The tabular ANN: a multilayer perceptron."""
+"""The tabular ANN: a multilayer perceptron, optionally over periodic numeric embeddings."""
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -14,12 +17,38 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+class PeriodicEmbedding(nn.Module):
+    """PLR embeddings of numeric features (Gorishniy, Rubachev, Babenko, "On Embeddings for
+    Numerical Features in Tabular Deep Learning", NeurIPS 2022).
+
+    Each feature x becomes [cos(2 pi c x), sin(2 pi c x)] over `n_frequencies` trainable
+    frequencies c ~ N(0, scale), then its own Linear(2k -> dim) and a ReLU: (N, F) -> (N, F * dim).
+    `scale` sets how fine a structure the embedding can resolve; it is searched log-uniformly.
+    """
+
+    def __init__(self, n_features: int, n_frequencies: int, dim: int, scale: float) -> None:
+        super().__init__()
+        self.frequencies = nn.Parameter(torch.randn(n_features, n_frequencies) * scale)
+        bound = 1.0 / math.sqrt(2 * n_frequencies)  # nn.Linear's default initialisation
+        self.weight = nn.Parameter(torch.empty(n_features, 2 * n_frequencies, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_features, dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = 2 * math.pi * self.frequencies * x.unsqueeze(-1)  # (N, F, k)
+        periodic = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (N, F, 2k)
+        embedded = torch.einsum("nfi,fid->nfd", periodic, self.weight) + self.bias
+        return torch.relu(embedded).flatten(1)
+
+
 class MLP(nn.Module):
     """`n_layers` hidden blocks of Linear -> [BatchNorm] -> activation -> Dropout, then a
     linear head that returns logits (classification) or values (regression).
 
     Every hidden layer has `units` units: with the small trial budgets a tuning run has,
-    one width per network searches better than a width per layer.
+    one width per network searches better than a width per layer. With `embedding`
+    periodic, the last `n_numeric` inputs (the tabular preprocessor puts the numeric
+    columns last) pass through a `PeriodicEmbedding` first; the encoded categories go in
+    as they are.
     """
 
     def __init__(
@@ -32,10 +61,19 @@ class MLP(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = False,
+        n_numeric: int = 0,
+        embedding: str = "none",
+        n_frequencies: int = 48,
+        embedding_dim: int = 16,
+        frequency_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        self.n_numeric = n_numeric if embedding == "periodic" else 0
+        self.embed = (
+            PeriodicEmbedding(self.n_numeric, n_frequencies, embedding_dim, frequency_scale) if self.n_numeric else None
+        )
         layers: list[nn.Module] = []
-        width = n_inputs
+        width = n_inputs + self.n_numeric * (embedding_dim - 1)
         for _ in range(n_layers):
             layers.append(nn.Linear(width, units))
             if batch_norm:
@@ -47,5 +85,8 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, n_outputs))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed is not None:
+            split = x.shape[1] - self.n_numeric
+            x = torch.cat([x[:, :split], self.embed(x[:, split:])], dim=1)
         return self.net(x)
