@@ -401,6 +401,7 @@ def train(ctx: Context) -> None:
             "run_id": run.run_id,
             "model_uri": model_uri,
             "source": source,
+            "selected_on": options.selection(len(val[0])),
             "ensemble": bundle.n_members,
             "best_epoch": best_epoch,
             "threshold": threshold,
@@ -448,7 +449,7 @@ def _better_of(candidate: tuple, spare, checkpoint: Path, val: tuple[np.ndarray,
     except (RuntimeError, KeyError):  # weights of another network shape: not this study's
         return network, candidate_metrics, source, -1
     metrics = score(spare, val, hparams, options)
-    if improves(metrics, candidate_metrics, options.monitor):
+    if improves(metrics, candidate_metrics, options.selection(len(val[0]))):
         return spare, metrics, "best_trial", int(trial["best_epoch"])
     return network, candidate_metrics, source, -1
 

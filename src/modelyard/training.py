@@ -12,8 +12,9 @@ The recipe, chosen to converge on 30 rows and on 30,000 alike:
   steps, without an improvement of either the monitored metric or the validation loss,
   and never before `min_epochs`: a flat validation accuracy (a majority-class start)
   does not stop a run whose loss still falls;
-- the best epoch is the best monitored value, ties broken by the lower validation loss;
-  its weights are restored.
+- the best epoch is the best monitored value, ties broken by the lower validation loss
+  (a classifier validated on fewer than 100 samples: the lowest validation loss); its
+  weights are restored.
 
 Fast by design: the data lives as tensors on the device, batches are slices of a shuffled
 index (no per-sample collation), and metrics accumulate on the device and are read back
@@ -44,6 +45,10 @@ EVAL_BATCH = 8192
 AUTO_TRAIN = (3000, 20, 500)
 AUTO_TUNE = (1500, 10, 250)
 PATIENCE_STEPS = 300  # early stopping waits at least this many optimizer steps
+# Below this many validation samples, classification compares epochs and models on the
+# validation loss: accuracy there moves in steps of more than a point, and an early epoch
+# that happens to classify a dozen samples right would beat a converged model.
+MIN_METRIC_SAMPLES = 100
 
 
 class TrainingDiverged(RuntimeError):
@@ -101,6 +106,14 @@ class FitOptions:
             warmup=train.warmup,
             auto_budget=AUTO_TUNE if tuning else AUTO_TRAIN,
         )
+
+    def selection(self, n_val: int) -> str:
+        """What the best epoch, and the final model against the best trial, are chosen on:
+        the monitored metric (ties broken by the lower loss), or the validation loss for a
+        classifier with fewer than MIN_METRIC_SAMPLES validation samples."""
+        if self.problem != "regression" and n_val < MIN_METRIC_SAMPLES:
+            return "val_loss"
+        return self.monitor
 
     def epochs_for(self, n_rows: int, batch_size: int) -> int:
         """The epoch budget: `max_epochs`, or enough epochs for the auto budget's steps."""
@@ -232,6 +245,7 @@ def fit(
     max_epochs = options.epochs_for(n_rows, batch_size)
     scheduler = make_schedule(optimizer, max_epochs * n_steps, options.schedule, options.warmup)
     patience = max(options.patience, math.ceil(options.min_patience_steps / n_steps))
+    selection = options.selection(len(x_val))
 
     best_epoch, best_state, best_loss = -1, None, math.inf
     last_gain = 0  # the last epoch that improved the monitored value or the validation loss
@@ -269,7 +283,7 @@ def fit(
             )
         metrics.update(validation_metrics(model, x_val, y_val, loss_fn, options))
         history.append(metrics)
-        if improves(metrics, history[best_epoch] if best_epoch >= 0 else None, options.monitor):
+        if improves(metrics, history[best_epoch] if best_epoch >= 0 else None, selection):
             best_epoch, last_gain = epoch, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if metrics["val_loss"] < best_loss:

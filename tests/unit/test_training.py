@@ -112,13 +112,13 @@ def test_same_params_and_seed_give_identical_history() -> None:
     assert other_seed.history != first.history  # the seed does matter, so the equality above means something
 
 
-def noisy_run(monitor: str, patience: int):
+def noisy_run(monitor: str, patience: int, n_val: int = 128):
     """Train on learnable labels with 30% of them flipped, validate on clean ones: the network
     first learns the signal, then memorises the noise and validation gets worse."""
     x, y = make_learnable(64, seed=3)
     flipped = np.random.default_rng(103).choice(64, 19, replace=False)
     y[flipped] = 1 - y[flipped]
-    val = make_learnable(64, seed=4)
+    val = make_learnable(n_val, seed=4)
     hparams = Hyperparams(lr=1e-2, optimizer="adam", dropout=0.0, batch_size=64, n_layers=2, units=64)
     model, result = train("binary", hparams, (x, y), val, max_epochs=100, patience=patience, monitor=monitor)
     return model, result, val
@@ -143,6 +143,12 @@ def test_early_stopping_on_accuracy_keeps_the_highest_epoch() -> None:
     last_gain = max(result.best_epoch, int(np.argmin(losses)))
     assert len(result.history) == last_gain + 4 + 1 < 100
     assert result.best_metrics["val_accuracy"] == best
+
+
+def test_a_small_validation_set_selects_on_the_loss_not_on_accuracy() -> None:
+    _, result, _ = noisy_run("val_accuracy", patience=4, n_val=40)
+    losses = [m["val_loss"] for m in result.history]
+    assert result.best_epoch == int(np.argmin(losses))
 
 
 def test_best_epochs_weights_are_restored() -> None:
