@@ -203,8 +203,9 @@ class FeatureSettings(Frozen):
     basen_base: int = Field(3, ge=2)
     hashing_components: int = Field(8, ge=1)
     numeric_impute: Literal["mean", "median", "zero"] = "median"
-    # robust_clip: median / IQR scaling, then a smooth clip to +-3 (RealMLP's preprocessing)
-    scaler: Literal["standard", "minmax", "robust", "robust_clip", "quantile", "none"] = "standard"
+    # robust_clip: median / IQR scaling, then a smooth clip to +-3 (RealMLP's preprocessing);
+    # quantile_noise: quantiles learned from slightly noised training values (Gorishniy et al.)
+    scaler: Literal["standard", "minmax", "robust", "robust_clip", "quantile", "quantile_noise", "none"] = "standard"
 
     def encoder_for(self, column: str) -> str:
         return self.encoders.get(column, self.default_encoder)
@@ -234,8 +235,10 @@ class Hyperparams(Frozen):
     activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "elu"] = "relu"
     batch_norm: bool = False
     # MLP: `periodic` embeds each numeric column (PLR: `n_frequencies` trainable frequencies
-    # drawn at `frequency_scale`, then Linear -> `numeric_embed_dim` and ReLU) before the layers.
-    numeric_embedding: Literal["none", "periodic"] = "none"
+    # drawn at `frequency_scale`, then Linear -> `numeric_embed_dim` and ReLU) before the
+    # layers; `piecewise` encodes it over `n_bins` quantile bins, then the same Linear + ReLU.
+    numeric_embedding: Literal["none", "periodic", "piecewise"] = "none"
+    n_bins: int = Field(32, ge=2, le=256)
     n_frequencies: int = Field(48, ge=1)
     frequency_scale: float = Field(1.0, gt=0.0)
     numeric_embed_dim: int = Field(16, ge=1)

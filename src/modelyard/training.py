@@ -227,6 +227,8 @@ def fit(
     if device.type == "cuda" and np.ndim(train[0]) == 4:
         model.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
     x_train = torch.as_tensor(train[0], dtype=torch.float32, device=device)
+    if hasattr(model, "prepare"):  # what a network learns from the data before training
+        model.prepare(x_train)
     augment = None  # image batches only; validation images are never augmented
     if x_train.dim() == 4 and (hparams.max_shift or hparams.max_degrees or hparams.flip):
         augment = ImageAugmenter(hparams.max_shift, hparams.max_degrees, hparams.flip)

@@ -238,7 +238,7 @@ def target_encoder_on_multiclass(raw: dict) -> None:
             lambda r: adult(r)["features"].update(scaler="log"),
             [
                 "tasks.adult.features.scaler:",
-                "'standard', 'minmax', 'robust', 'robust_clip', 'quantile' or 'none'",
+                "'standard', 'minmax', 'robust', 'robust_clip', 'quantile', 'quantile_noise' or 'none'",
                 "'log'",
             ],
         ),

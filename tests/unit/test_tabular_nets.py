@@ -43,8 +43,25 @@ def test_periodic_embedding_learns_what_a_plain_mlp_cannot_in_the_same_budget() 
 
     plain = Hyperparams(units=16, n_layers=1, lr=3e-3, batch_size=64, dropout=0.0)
     periodic = plain.model_copy(update={"numeric_embedding": "periodic", "frequency_scale": 1.0})
-    assert accuracy(periodic) > 0.95
-    assert accuracy(periodic) > accuracy(plain) + 0.1
+    piecewise = plain.model_copy(update={"numeric_embedding": "piecewise", "n_bins": 32})
+    assert accuracy(periodic) > 0.95 and accuracy(piecewise) > 0.95
+    assert min(accuracy(periodic), accuracy(piecewise)) > accuracy(plain) + 0.1
+
+
+def test_piecewise_bins_sit_at_the_training_quantiles_and_travel_with_the_weights() -> None:
+    hparams = Hyperparams(numeric_embedding="piecewise", n_bins=4, numeric_embed_dim=2, units=8)
+    model = build_model("ann", 3, 1, hparams, n_numeric=2)
+    x = torch.cat([torch.zeros(100, 1), torch.arange(100.0).unsqueeze(1), torch.ones(100, 1)], dim=1)
+    model.prepare(x)
+    edges = model.embed.edges
+    assert torch.allclose(edges[0], torch.tensor([0.0, 24.75, 49.5, 74.25, 99.0]), atol=1e-3)
+    assert (edges[1][1:] > edges[1][:-1]).all()  # a constant column still gets increasing edges
+    copy = build_model("ann", 3, 1, hparams, n_numeric=2)
+    copy.load_state_dict(model.state_dict())
+    assert torch.equal(copy.embed.edges, edges)
+    # a value fills the bins below it, its own bin by its position, none above
+    encoded = model.embed.encode(torch.tensor([[60.0, 0.0]]))[0, 0]
+    assert torch.allclose(encoded, torch.tensor([1.0, 1.0, (60 - 49.5) / 24.75, 0.0]), atol=1e-4)
 
 
 @pytest.mark.parametrize(("problem", "n_outputs"), [("binary", 1), ("multiclass", 3), ("regression", 1)])
@@ -90,3 +107,15 @@ def test_smooth_clip_keeps_small_values_and_bounds_large_ones() -> None:
         .transform(frame)
     )
     assert np.abs(features[:, -2:]).max() <= 3.0
+
+
+def test_noisy_quantiles_spread_a_column_of_few_values_and_transform_without_noise() -> None:
+    frame = toy_frame(300).assign(x2=lambda f: f["x2"] % 3)  # three repeated values
+    target = (frame["label"] == "yes").to_numpy()
+    plain = tabular_preprocessor(parse_settings(toy_params(features={"scaler": "quantile"})).task("toy"))
+    noisy = tabular_preprocessor(parse_settings(toy_params(features={"scaler": "quantile_noise"})).task("toy"))
+    plain_out = plain.fit(frame.drop(columns="label"), target).transform(frame)[:, -1]
+    noisy_out = noisy.fit(frame.drop(columns="label"), target).transform(frame)[:, -1]
+    assert len(np.unique(plain_out)) == len(np.unique(noisy_out)) == 3  # one value per level, no noise added
+    assert np.ptp(noisy_out) < np.ptp(plain_out)  # the levels sit mid-quantile, not at the extremes
+    np.testing.assert_array_equal(noisy.transform(frame)[:, -1], noisy_out)  # deterministic

@@ -44,6 +44,7 @@ def build_model(
             n_frequencies=hparams.n_frequencies,
             embedding_dim=hparams.numeric_embed_dim,
             frequency_scale=hparams.frequency_scale,
+            n_bins=hparams.n_bins,
         )
     if family == "cnn":
         return CNN(

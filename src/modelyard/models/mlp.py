@@ -1,4 +1,5 @@
-"""The tabular ANN: a multilayer perceptron, optionally over periodic numeric embeddings."""
+"""The tabular ANN: a multilayer perceptron, optionally over embeddings of its numeric
+columns (periodic or piecewise-linear)."""
 
 from __future__ import annotations
 
@@ -40,15 +41,51 @@ class PeriodicEmbedding(nn.Module):
         return torch.relu(embedded).flatten(1)
 
 
+class PiecewiseLinearEmbedding(nn.Module):
+    """Piecewise-linear encoding of numeric features (the "PLE" of Gorishniy et al. 2022)
+    with quantile bins, then a Linear(n_bins -> dim) per feature and a ReLU.
+
+    A value fills the bins below it completely, its own bin by its position inside, and
+    leaves the bins above it empty. The bin edges are buffers, saved with the weights; `fit`
+    places them at the training rows' quantiles before the first step.
+    """
+
+    def __init__(self, n_features: int, n_bins: int, dim: int) -> None:
+        super().__init__()
+        # until `fit`: evenly spaced edges over the range a standardised column mostly spans
+        self.register_buffer("edges", torch.linspace(-3.0, 3.0, n_bins + 1).repeat(n_features, 1))
+        bound = 1.0 / math.sqrt(n_bins)
+        self.weight = nn.Parameter(torch.empty(n_features, n_bins, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_features, dim).uniform_(-bound, bound))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> None:
+        """Edges at the quantiles of each column of `x` (N, F); repeated quantiles (a column
+        with few distinct values) are nudged apart so every bin has a width."""
+        levels = torch.linspace(0.0, 1.0, self.edges.shape[1], device=x.device)
+        edges = torch.quantile(x.float(), levels, dim=0).T  # (F, n_bins + 1)
+        edges = edges + torch.arange(edges.shape[1], device=x.device) * 1e-6  # strictly increasing
+        self.edges.copy_(torch.cummax(edges, dim=1).values)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, F) -> (N, F, n_bins): 1 for the bins below a value, its position in its own, 0 above."""
+        left, width = self.edges[:, :-1], (self.edges[:, 1:] - self.edges[:, :-1]).clamp(min=1e-6)
+        return ((x.unsqueeze(-1) - left) / width).clamp(0.0, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embedded = torch.einsum("nfi,fid->nfd", self.encode(x), self.weight) + self.bias
+        return torch.relu(embedded).flatten(1)
+
+
 class MLP(nn.Module):
     """`n_layers` hidden blocks of Linear -> [BatchNorm] -> activation -> Dropout, then a
     linear head that returns logits (classification) or values (regression).
 
     Every hidden layer has `units` units: with the small trial budgets a tuning run has,
     one width per network searches better than a width per layer. With `embedding`
-    periodic, the last `n_numeric` inputs (the tabular preprocessor puts the numeric
-    columns last) pass through a `PeriodicEmbedding` first; the encoded categories go in
-    as they are.
+    periodic or piecewise, the last `n_numeric` inputs (the tabular preprocessor puts the
+    numeric columns last) pass through a `PeriodicEmbedding` or `PiecewiseLinearEmbedding`
+    first; the encoded categories go in as they are.
     """
 
     def __init__(
@@ -66,12 +103,15 @@ class MLP(nn.Module):
         n_frequencies: int = 48,
         embedding_dim: int = 16,
         frequency_scale: float = 1.0,
+        n_bins: int = 32,
     ) -> None:
         super().__init__()
-        self.n_numeric = n_numeric if embedding == "periodic" else 0
-        self.embed = (
-            PeriodicEmbedding(self.n_numeric, n_frequencies, embedding_dim, frequency_scale) if self.n_numeric else None
-        )
+        self.n_numeric = n_numeric if embedding in ("periodic", "piecewise") else 0
+        self.embed: nn.Module | None = None
+        if self.n_numeric and embedding == "periodic":
+            self.embed = PeriodicEmbedding(self.n_numeric, n_frequencies, embedding_dim, frequency_scale)
+        elif self.n_numeric:
+            self.embed = PiecewiseLinearEmbedding(self.n_numeric, n_bins, embedding_dim)
         layers: list[nn.Module] = []
         width = n_inputs + self.n_numeric * (embedding_dim - 1)
         for _ in range(n_layers):
@@ -84,6 +124,12 @@ class MLP(nn.Module):
             width = units
         layers.append(nn.Linear(width, n_outputs))
         self.net = nn.Sequential(*layers)
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """Learn what the network takes from the training inputs before the first step: the
+        piecewise-linear bins of the numeric columns."""
+        if isinstance(self.embed, PiecewiseLinearEmbedding):
+            self.embed.fit(x[:, x.shape[1] - self.n_numeric :])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.embed is not None:
