@@ -7,6 +7,7 @@ for unknown keys, the allowed ones.
 
 from __future__ import annotations
 
+import codecs
 import re
 import reprlib
 import typing
@@ -122,6 +123,20 @@ class SourceSettings(Frozen):
     test: str | None = None
     labels: str | None = None  # the labels file of a .npy or IDX images file
     na_values: tuple[str, ...] = ()
+    # CSV dialect: the field delimiter (`auto`: detected from the first lines), the decimal
+    # mark of numbers, and the text encoding.
+    delimiter: Literal["auto", ",", ";", "\t", "|"] = "auto"
+    decimal: Literal[".", ","] = "."
+    encoding: str = "utf-8"
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r}; e.g. utf-8, latin-1, cp1252") from None
+        return value
 
     @model_validator(mode="after")
     def _one_of(self) -> SourceSettings:
@@ -138,6 +153,16 @@ class SourceSettings(Frozen):
                     "a .npz / .npy file or an IDX file"
                 )
         return self
+
+    @property
+    def csv_options(self) -> dict[str, Any]:
+        """How `read_table` reads this source's CSV files."""
+        return {
+            "na_values": self.na_values,
+            "delimiter": self.delimiter,
+            "decimal": self.decimal,
+            "encoding": self.encoding,
+        }
 
     @property
     def is_table(self) -> bool:

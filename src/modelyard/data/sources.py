@@ -5,6 +5,7 @@ Nothing here downloads: built-in datasets are files that ship inside pinned pack
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
 import warnings
@@ -57,9 +58,30 @@ def read_task_frame(task: TaskSettings, root: Path) -> pd.DataFrame:
         x, y = read_labelled_arrays(root / str(task.source.path), labels)
         return conform(sequence_frame(x, y, sequence.id, sequence.step, task.target), task.schema_)
     frame = read_source(task.source, root)
+    _check_dialect(frame, task)
     if task.source.test is not None:
         frame = with_test_rows(frame, read_test_rows(task.source, root), task.source)
     return conform(frame, task.schema_)
+
+
+def _check_dialect(frame: pd.DataFrame, task: TaskSettings) -> None:
+    """A CSV whose header holds fewer than half of the schema's columns was most likely
+    split at the wrong delimiter: say so, with the columns it did find, instead of letting
+    validation report every column as missing."""
+    delimiter = frame.attrs.get("delimiter")
+    declared = list(task.schema_.columns)
+    found = [c for c in declared if c in frame.columns]
+    if delimiter is None or 2 * len(found) >= len(declared):
+        return
+    seen = ", ".join(repr(str(c)) for c in list(frame.columns)[:8]) + (", ..." if frame.shape[1] > 8 else "")
+    how = "detected" if task.source.delimiter == "auto" else "set"
+    raise ModelyardError(
+        f"{task.source.path}: read with delimiter {delimiter!r} ({how}), its header gives {frame.shape[1]} "
+        f"column(s) ({seen}), and {len(declared) - len(found)} of the schema's {len(declared)} columns "
+        "are not among them",
+        "set tasks.<task>.source.delimiter to the file's delimiter (',', ';', '\\t' or '|'), "
+        "or make the schema's column names match the header row",
+    )
 
 
 def split_marker(task: TaskSettings) -> str | None:
@@ -75,7 +97,7 @@ def read_test_rows(source: SourceSettings, root: Path) -> pd.DataFrame:
     path = root / str(source.test)
     if not path.is_file():
         raise ModelyardError(f"test file {path} not found", "check tasks.<task>.source.test in params.yaml")
-    frame = read_table(path, source.na_values)
+    frame = read_table(path, **source.csv_options)
     if frame.empty or frame.shape[1] == 0:
         raise ModelyardError(f"test file {source.test} holds no rows", "point source.test at a file of test rows")
     return frame
@@ -124,7 +146,7 @@ def read_source(source: SourceSettings, root: Path) -> pd.DataFrame:
     elif source.builtin == "co2":
         frame = _read_co2()
     else:
-        frame = read_table(root / str(source.path), source.na_values)
+        frame = read_table(root / str(source.path), **source.csv_options)
     if frame.empty or frame.shape[1] == 0:
         raise ModelyardError(
             f"source {source.path or source.builtin} holds no rows", "point the task at a file with data"
@@ -150,11 +172,17 @@ def _read_co2() -> pd.DataFrame:
     return pd.DataFrame({"date": data.index.to_numpy(), "co2": data["co2"].to_numpy()})
 
 
-def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
+def read_table(
+    path: Path, na_values: tuple[str, ...] = (), delimiter: str = "auto", decimal: str = ".", encoding: str = "utf-8"
+) -> pd.DataFrame:
     """Read a CSV or Parquet file, turning every read failure into one clear error.
 
-    A CSV must be UTF-8 (a byte-order mark is fine). Other encodings are refused, not
-    guessed: Latin-1 decodes any bytes, so a wrong guess would load mojibake silently.
+    A CSV is read in `encoding` (UTF-8 unless the task sets `source.encoding`; a byte-order
+    mark is fine). Other encodings are refused, not guessed: Latin-1 decodes any bytes, so
+    a wrong guess would load mojibake silently. The delimiter is `delimiter`, or with `auto`
+    the one of comma, semicolon, tab and pipe that splits the first lines into the same
+    number of fields (more than one), comma first on a tie; the frame's `attrs["delimiter"]`
+    says which was used.
     The header row must name every column once. A row with more fields than the header is
     an error; a row with fewer has its missing trailing fields read as missing values.
     Columns pandas gives no single type (integers beyond 64 bits, true/false with gaps)
@@ -165,12 +193,21 @@ def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
         raise ModelyardError(f"data file {path} not found", "check tasks.<task>.source.path in params.yaml")
     try:
         if path.suffix.lower() == ".csv":
-            return _read_csv(path, na_values)
+            if path.read_bytes()[:2] == b"\x1f\x8b":
+                raise ModelyardError(
+                    f"{path} is gzip-compressed, not CSV text", "decompress it (gunzip), or save it as Parquet"
+                )
+            if delimiter == "auto":
+                delimiter = detect_delimiter(path, encoding)
+            frame = _read_csv(path, na_values, delimiter, decimal, encoding)
+            frame.attrs["delimiter"] = delimiter
+            return frame
         return pd.read_parquet(path)
     except UnicodeDecodeError as exc:
         raise ModelyardError(
-            f"{path} is not UTF-8 text (it holds the byte {exc.object[exc.start]:#04x})",
-            "re-save the file as UTF-8 CSV, e.g. iconv -f latin1 -t utf-8 old.csv > new.csv",
+            f"{path} is not {encoding.upper()} text (it holds the byte {exc.object[exc.start]:#04x})",
+            "set tasks.<task>.source.encoding to the file's encoding (e.g. latin-1, cp1252), "
+            "or re-save it as UTF-8: iconv -f latin1 -t utf-8 old.csv > new.csv",
         ) from None
     except pd.errors.EmptyDataError:
         raise ModelyardError(f"{path} is empty", "point the task at a file with a header row and data") from None
@@ -180,10 +217,29 @@ def read_table(path: Path, na_values: tuple[str, ...] = ()) -> pd.DataFrame:
         ) from None
 
 
-def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
+DELIMITERS = (",", ";", "\t", "|")
+SNIFF_LINES = 50
+
+
+def detect_delimiter(path: Path, encoding: str = "utf-8") -> str:
+    """The delimiter of DELIMITERS that splits the first lines (quotes respected) into the
+    same number of fields, the most fields winning and comma first on a tie; comma when
+    none does (a one-column file)."""
+    with open(path, encoding=encoding, newline="") as handle:
+        lines = [line for _, line in zip(range(SNIFF_LINES), handle, strict=False) if line.strip()]
+    best, best_fields = ",", 1
+    for candidate in DELIMITERS:
+        counts = {len(row) for row in csv.reader(lines, delimiter=candidate)}
+        if len(counts) == 1 and (fields := counts.pop()) > best_fields:
+            best, best_fields = candidate, fields
+    return best
+
+
+def _read_csv(path: Path, na_values: tuple[str, ...], delimiter: str, decimal: str, encoding: str) -> pd.DataFrame:
     """`read_table` for a CSV: check the header row as written, then read the rows."""
+    dialect = {"sep": delimiter, "decimal": decimal, "encoding": encoding}
     # pandas renames duplicates (a, a.1) and empty names (Unnamed: 0): read the header raw.
-    header = pd.read_csv(path, header=None, nrows=1, dtype=str, na_filter=False).iloc[0].tolist()
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, na_filter=False, **dialect).iloc[0].tolist()
     if any("\x00" in name for name in header):
         raise ModelyardError(f"{path} is not UTF-8 text (its header holds NUL bytes)", "re-save the file as UTF-8 CSV")
     unnamed = [str(i) for i, name in enumerate(header, 1) if name == ""]
@@ -199,15 +255,17 @@ def _read_csv(path: Path, na_values: tuple[str, ...]) -> pd.DataFrame:
             "give each column a unique name",
         )
     # index_col=False: never take extra leading fields as an index; pandas warns, we refuse.
-    options: dict = {"na_values": list(na_values) or None, "low_memory": False, "index_col": False}
+    options: dict = {"na_values": list(na_values) or None, "low_memory": False, "index_col": False, **dialect}
     with warnings.catch_warnings():
         warnings.simplefilter("error", pd.errors.ParserWarning)
         try:
             frame = pd.read_csv(path, **options)
         except pd.errors.ParserWarning:
             raise ModelyardError(
-                f"{path}: rows have more fields than the {len(header)} columns the header names",
-                "quote values that contain commas, or name the missing columns in the header row",
+                f"{path}: rows have more fields than the {len(header)} columns the header names "
+                f"(read with delimiter {delimiter!r})",
+                "quote values that contain the delimiter, name the missing columns in the header row, "
+                "or set tasks.<task>.source.delimiter",
             ) from None
     mixed = [name for name, dtype in frame.dtypes.items() if pd.api.types.is_object_dtype(dtype)]
     if mixed:
