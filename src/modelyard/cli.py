@@ -1,5 +1,6 @@
 """`modelyard <stage> [--task T]`: run a pipeline stage by hand, exactly as DVC runs it;
-`modelyard retrain | history | rollback | predict`: the model lifecycle.
+`modelyard retrain | history | rollback | predict`: the model lifecycle; `modelyard add`:
+a new task inferred from a table.
 
 Exit codes: 0 done; 2 bad input (params, data, files; the message says how to fix it);
 3 data failed validation; 1 an unexpected error (rerun with --debug for the traceback);
@@ -62,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
                 "with the same RDB storage, joins the same study",
             )
     _add_lifecycle_commands(commands)
+    add = commands.add_parser(
+        "add",
+        help="write a complete task into params.yaml, inferred from a CSV / Parquet table",
+        description="Infer schema, problem, family and encoders from a table and add the task to params.yaml "
+        "(comments and order kept); a file outside data/sources/ is copied there.",
+    )
+    add.add_argument("name", help="the new task's name")
+    add.add_argument("--source", type=Path, required=True, help="the CSV or Parquet file")
+    add.add_argument("--target", required=True, help="the column to predict")
+    add.add_argument("--problem", choices=["binary", "multiclass", "regression"], help="default: inferred")
+    add.add_argument("--family", choices=["ann", "lstm"], help="default: lstm for a free-text column, else ann")
+    add.add_argument("--dry-run", action="store_true", help="print the entry; write nothing")
+    add.add_argument("--params", type=Path, default=None, help="params file (default: <repo>/params.yaml)")
+    add.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return parser
 
 
@@ -143,12 +158,30 @@ def run_lifecycle(args: argparse.Namespace, root: Path, settings: Settings) -> i
     return 0
 
 
+def run_add(args: argparse.Namespace, root: Path) -> int:
+    from modelyard.console import say
+    from modelyard.onboarding import add_task
+
+    text, inferred = add_task(
+        root, args.name, args.source, args.target, problem=args.problem, family=args.family, dry_run=args.dry_run
+    )
+    for note in inferred.notes:
+        say(f"add {args.name}: {note}")
+    if args.dry_run:
+        print(text, end="")
+    else:
+        say(f"add {args.name}: written to params.yaml; run it with: dvc repro register@{args.name}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from modelyard.config import load_settings
     from modelyard.paths import find_root
     from modelyard.stages import STAGES, Context
 
     root = find_root(args.params.parent if args.params else None)
+    if args.command == "add":
+        return run_add(args, root)
     settings = load_settings(args.params or root / "params.yaml")
     if args.command not in STAGES:
         return run_lifecycle(args, root, settings)

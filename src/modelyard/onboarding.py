@@ -1,0 +1,291 @@
+"""`modelyard add`: a complete task entry for params.yaml, inferred from a data table.
+
+What is inferred, and the rules (each one a default a user can edit afterwards):
+- column types: integer, number, datetime (text that parses as dates), text (strings of
+  TEXT_WORDS or more words on average) and category (other strings, booleans); levels are
+  listed up to CATEGORY_LEVELS, above that the column has no closed list; a numeric column
+  with no negative value gets `min: 0`; a column with missing values gets a
+  `max_null_fraction` of 1.5 x the share seen plus a point, so a new batch with a few more
+  gaps still passes;
+- identifier columns (integer or string, unique per row, never the target) are left out of
+  the schema, so they are no features, and reported;
+- the problem: a category target with two levels is binary (its rarer level the positive
+  label), with more multiclass; a numeric target with at most CLASS_LEVELS distinct
+  integers is multiclass, otherwise regression;
+- the family: a free-text column makes a text task (`lstm` family, the text column its only
+  feature); otherwise a table (`ann`);
+- encoders: one-hot up to ONEHOT_LEVELS levels, above that target encoding (binary and
+  regression) or hashing (multiclass);
+- budgets and search space: the defaults, sized from the data at tune time.
+
+The entry is inserted as text at the end of params.yaml's `tasks:` mapping (found with
+ruamel.yaml's line records), so every other byte of the file, comments and hand wrapping
+included, stays as it was; the file is written whole or not at all. A source file outside
+`data/sources/` is copied there, since DVC watches that folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml as pyyaml
+
+from modelyard.config import TABLE_SUFFIXES, parse_settings
+from modelyard.data.sources import read_table
+from modelyard.errors import ModelyardError
+from modelyard.files import atomic_path
+
+CATEGORY_LEVELS = 50
+ONEHOT_LEVELS = 15
+CLASS_LEVELS = 20
+TEXT_WORDS = 5
+DATE_SHARE = 0.95  # a string column is dates when this share of its values parse as dates
+SOURCES = Path("data") / "sources"
+
+
+@dataclass
+class Inferred:
+    """A task entry (plain dicts, as params.yaml holds it) and what to tell the user."""
+
+    entry: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def column_schema(values: pd.Series) -> dict[str, Any]:
+    """The schema entry one column's values suggest."""
+    present = values.dropna()
+    spec: dict[str, Any]
+    if pd.api.types.is_bool_dtype(values):
+        spec = {"type": "category", "categories": sorted(map(str, present.unique()))}
+    elif pd.api.types.is_numeric_dtype(values):
+        # whole numbers with gaps arrive as floats: they are declared `number`, which holds both
+        spec = {"type": "integer" if pd.api.types.is_integer_dtype(values) else "number"}
+        if len(present) and present.min() >= 0:
+            spec["min"] = 0
+    elif pd.api.types.is_datetime64_any_dtype(values) or _dates(present):
+        spec = {"type": "datetime"}
+    elif len(present) and present.astype(str).str.split().str.len().mean() >= TEXT_WORDS:
+        spec = {"type": "text"}
+    else:
+        spec = {"type": "category"}
+        levels = sorted(present.astype(str).unique())
+        if len(levels) <= CATEGORY_LEVELS:
+            spec["categories"] = levels
+    null_share = float(values.isna().mean())
+    if null_share > 0:
+        spec["max_null_fraction"] = float(min(1.0, np.ceil((1.5 * null_share + 0.01) * 100) / 100))
+    return spec
+
+
+def _dates(values: pd.Series) -> bool:
+    if values.empty or (not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values)):
+        return False
+    sample = values.astype(str).head(200)
+    if sample.str.fullmatch(r"[+-]?\d+(\.\d+)?").all():  # plain numbers stored as text are no dates
+        return False
+    parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
+    return bool(parsed.notna().mean() >= DATE_SHARE)
+
+
+def is_identifier(values: pd.Series, spec: dict[str, Any]) -> bool:
+    """A row id, not a feature: strings unique per row, or integers that number the rows
+    (unique and consecutive, in any order)."""
+    if spec["type"] not in ("integer", "category") or values.isna().any() or not values.is_unique:
+        return False
+    return spec["type"] == "category" or int(values.max()) - int(values.min()) + 1 == len(values)
+
+
+def infer_task(frame: pd.DataFrame, source: str, target: str, problem: str | None, family: str | None) -> Inferred:
+    """The task entry for a table read from `source` (its path as params.yaml will name it)."""
+    if target not in frame.columns:
+        raise ModelyardError(
+            f"target {target!r} is not a column of {source}", f"its columns: {', '.join(map(str, frame.columns))}"
+        )
+    if frame[target].isna().any():
+        raise ModelyardError(
+            f"the target column {target!r} has {int(frame[target].isna().sum())} missing value(s)",
+            "drop those rows from the file, or fill them in",
+        )
+    notes: list[str] = []
+    columns: dict[str, dict[str, Any]] = {}
+    for name in frame.columns:
+        spec = column_schema(frame[name])
+        if name != target and is_identifier(frame[name], spec):
+            notes.append(f"column {name!r} is unique per row (an identifier): left out of the features")
+            continue
+        columns[str(name)] = spec
+    problem = problem or _problem(frame[target], columns[target])
+    target_spec = columns[target]
+    if problem != "regression":
+        levels = sorted(frame[target].astype(str).unique())
+        columns[target] = {"type": "category", "categories": levels}
+    elif target_spec["type"] not in ("integer", "number"):
+        raise ModelyardError(f"target {target!r} holds no numbers", "use --problem binary or multiclass")
+    texts = [c for c, s in columns.items() if s["type"] == "text"]
+    family = family or ("lstm" if texts and problem != "regression" else "ann")
+    entry: dict[str, Any] = {"source": {"path": source}, "target": target, "problem": problem, "family": family}
+    if problem == "binary":
+        counts = frame[target].astype(str).value_counts()
+        entry["positive_label"] = str(counts.index[-1])
+    entry["metric"] = "rmse" if problem == "regression" else "accuracy"
+    if family == "lstm":
+        if not texts:
+            raise ModelyardError(
+                f"{source} has no free-text column for an lstm text task",
+                "for series and sequences write the task by hand (README: Adding a task), or use --family ann",
+            )
+        text = max(texts, key=lambda c: frame[c].astype(str).str.len().mean())
+        notes.append(f"text task on column {text!r}; the other columns are not used")
+        columns = {text: columns[text], target: columns[target]}
+        features: dict[str, Any] = {"text": {"column": text}}
+    else:
+        features = _encoders(columns, target, problem)
+    entry.update(
+        schema={"columns": columns},
+        split={"stratify": problem != "regression"},
+        features=features,
+        model={},
+        tune={},
+        train={},
+        registry={},
+    )
+    return Inferred(entry, notes)
+
+
+def _problem(values: pd.Series, spec: dict[str, Any]) -> str:
+    if spec["type"] in ("integer", "number"):
+        distinct = values.nunique()
+        if spec["type"] == "integer" and distinct <= CLASS_LEVELS:
+            return "binary" if distinct == 2 else "multiclass"
+        return "regression"
+    return "binary" if values.nunique() == 2 else "multiclass"
+
+
+def _encoders(columns: dict[str, dict[str, Any]], target: str, problem: str) -> dict[str, Any]:
+    """One-hot for few levels; target encoding (or hashing for multiclass) for many."""
+    many = "hashing" if problem == "multiclass" else "target"  # target encoders need a binary or numeric target
+    encoders = {
+        name: many
+        for name, spec in columns.items()
+        if name != target and spec["type"] == "category" and len(spec.get("categories") or range(99)) > ONEHOT_LEVELS
+    }
+    return {"default_encoder": "onehot", "encoders": encoders} if encoders else {"default_encoder": "onehot"}
+
+
+def add_task(
+    root: Path,
+    name: str,
+    path: Path,
+    target: str,
+    *,
+    problem: str | None = None,
+    family: str | None = None,
+    dry_run: bool = False,
+) -> tuple[str, Inferred]:
+    """Infer the task, check it parses, and (unless `dry_run`) copy the file under
+    data/sources/ and write the entry into params.yaml. Returns the entry as YAML text."""
+    from ruamel.yaml import YAML
+
+    if not path.is_file() or path.suffix.lower() not in TABLE_SUFFIXES:
+        raise ModelyardError(f"{path} is not a .csv or .parquet file", "give --source a CSV or Parquet table")
+    params_path = root / "params.yaml"
+    yaml = YAML()
+    original = params_path.read_text() if params_path.is_file() else ""
+    document = yaml.load(original) or {}
+    tasks = document.get("tasks") or {}
+    if name in tasks:
+        raise ModelyardError(f"params.yaml already has a task {name!r}", "pick another name, or remove that task first")
+    inside = _inside(path.resolve(), (root / SOURCES).resolve())
+    source = (SOURCES / (path.name if inside is None else inside)).as_posix()
+    inferred = infer_task(read_table(path), source, target, problem, family)
+    text = _dump(yaml, _quoted({name: inferred.entry}))
+    candidate = _plain(document)
+    # the entry as params.yaml will read it back must be a valid task before anything is written
+    candidate["tasks"] = {**(candidate.get("tasks") or {}), name: pyyaml.safe_load(text)[name]}
+    parse_settings(candidate)
+    if dry_run:
+        return text, inferred
+    if inside is None:
+        destination = root / source
+        if destination.exists():
+            raise ModelyardError(f"{destination} already exists", "remove it, or add the task from that file")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(destination) as temporary:
+            shutil.copyfile(path, temporary)
+        inferred.notes.append(f"copied {path} to {source}")
+    with atomic_path(params_path) as temporary:
+        temporary.write_text(insert_task(original, document, text))
+    return text, inferred
+
+
+def insert_task(original: str, document: Any, entry: str) -> str:
+    """params.yaml's text with `entry` (a one-task mapping, unindented YAML) added as the
+    last task; nothing else in the text changes."""
+    lines = original.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    tasks = document.get("tasks") if document else None
+    if not tasks:  # no tasks yet (`tasks: {}` or no key): a fresh block replaces that line
+        if document and "tasks" in document:
+            del lines[document.lc.key("tasks")[0]]
+        return "".join(lines) + "tasks:\n" + _indent(entry, 2)
+    indent = tasks.lc.key(next(iter(tasks)))[1]
+    keys = list(document)
+    following = keys[keys.index("tasks") + 1 :]
+    end = document.lc.key(following[0])[0] if following else len(lines)
+    while end > 0 and not lines[end - 1].strip():  # before the blank lines that close the block
+        end -= 1
+    return "".join(lines[:end]) + _indent(entry, indent) + "".join(lines[end:])
+
+
+def _indent(text: str, width: int) -> str:
+    return "".join(" " * width + line if line.strip() else line for line in text.splitlines(keepends=True))
+
+
+def _inside(path: Path, folder: Path) -> Path | None:
+    try:
+        return path.relative_to(folder)
+    except ValueError:
+        return None
+
+
+def _dump(yaml: Any, data: Any) -> str:
+    stream = StringIO()
+    yaml.dump(data, stream)
+    return stream.getvalue()
+
+
+def _quoted(data: Any) -> Any:
+    """Strings a YAML 1.1 reader (PyYAML, which reads params.yaml) would take for something
+    else (yes, no, on, 1.0, a date) double-quoted, in keys and values."""
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    if isinstance(data, dict):
+        return {_quoted(k): _quoted(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_quoted(v) for v in data]
+    if isinstance(data, str) and not _reads_back(data):
+        return DoubleQuotedScalarString(data)
+    return data
+
+
+def _reads_back(text: str) -> bool:
+    try:
+        return pyyaml.safe_load(f"k: {text}") == {"k": text}
+    except pyyaml.YAMLError:
+        return False
+
+
+def _plain(data: Any) -> Any:
+    """ruamel's commented containers as plain dicts and lists, for the settings parser."""
+    if isinstance(data, dict):
+        return {str(k): _plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain(v) for v in data]
+    return data
