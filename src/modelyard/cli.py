@@ -65,15 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lifecycle_commands(commands)
     add = commands.add_parser(
         "add",
-        help="write a complete task into params.yaml, inferred from a CSV / Parquet table",
-        description="Infer schema, problem, family and encoders from a table and add the task to params.yaml "
-        "(comments and order kept); a file outside data/sources/ is copied there.",
+        help="write a complete task into params.yaml, inferred from a table or an image folder",
+        description="Infer schema, problem, family and encoders from a table or an image folder and add the "
+        "task to params.yaml (the rest of the file kept as it is); a source outside data/sources/ is copied there.",
     )
     add.add_argument("name", help="the new task's name")
-    add.add_argument("--source", type=Path, required=True, help="the CSV or Parquet file")
-    add.add_argument("--target", required=True, help="the column to predict")
+    add.add_argument("--source", type=Path, required=True, help="a CSV or Parquet table, or an image folder")
+    add.add_argument("--target", help="the column to predict (an image folder: the label's name, default label)")
     add.add_argument("--problem", choices=["binary", "multiclass", "regression"], help="default: inferred")
-    add.add_argument("--family", choices=["ann", "lstm"], help="default: lstm for a free-text column, else ann")
+    add.add_argument("--family", choices=["ann", "lstm"], help="default: inferred (lstm for text, series, sequences)")
     add.add_argument("--dry-run", action="store_true", help="print the entry; write nothing")
     add.add_argument("--params", type=Path, default=None, help="params file (default: <repo>/params.yaml)")
     add.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")

@@ -107,11 +107,6 @@ def infer_task(frame: pd.DataFrame, source: str, target: str, problem: str | Non
         raise ModelyardError(
             f"target {target!r} is not a column of {source}", f"its columns: {', '.join(map(str, frame.columns))}"
         )
-    if frame[target].isna().any():
-        raise ModelyardError(
-            f"the target column {target!r} has {int(frame[target].isna().sum())} missing value(s)",
-            "drop those rows from the file, or fill them in",
-        )
     notes: list[str] = []
     columns: dict[str, dict[str, Any]] = {}
     for name in frame.columns:
@@ -128,13 +123,36 @@ def infer_task(frame: pd.DataFrame, source: str, target: str, problem: str | Non
     elif target_spec["type"] not in ("integer", "number"):
         raise ModelyardError(f"target {target!r} holds no numbers", "use --problem binary or multiclass")
     texts = [c for c, s in columns.items() if s["type"] == "text"]
-    family = family or ("lstm" if texts and problem != "regression" else "ann")
+    time = _series_time(frame, columns, target) if problem == "regression" else None
+    sequence = _sequence_columns(frame, columns, target) if problem != "regression" and not texts else None
+    if frame[target].isna().any() and not time:  # a series may have gaps; a labelled row may not
+        raise ModelyardError(
+            f"the target column {target!r} has {int(frame[target].isna().sum())} missing value(s)",
+            "drop those rows from the file, or fill them in",
+        )
+    family = family or ("lstm" if (texts and problem != "regression") or time or sequence else "ann")
     entry: dict[str, Any] = {"source": {"path": source}, "target": target, "problem": problem, "family": family}
     if problem == "binary":
         counts = frame[target].astype(str).value_counts()
         entry["positive_label"] = str(counts.index[-1])
     entry["metric"] = "rmse" if problem == "regression" else "accuracy"
-    if family == "lstm":
+    split: dict[str, Any] = {"stratify": problem != "regression"}
+    if family == "lstm" and time:
+        numeric = [c for c, s in columns.items() if s["type"] in ("integer", "number")]
+        notes.append(f"a series over {time!r}: forecasting {target!r} from {', '.join(numeric)}")
+        columns = {time: columns[time], **{c: columns[c] for c in numeric}}
+        times = pd.to_datetime(frame[time], format="mixed")
+        features: dict[str, Any] = {"series": series_settings(times, len(frame))}
+        split = {"test_size": 0.15, "val_size": 0.15}
+        schema_extra: dict[str, Any] = {"time": time}
+    elif family == "lstm" and sequence:
+        id_column, step = sequence
+        notes.append(f"sequences: one per {id_column!r}, ordered by {step!r}")
+        kept = [id_column, step, *(c for c, s in columns.items() if s["type"] in ("integer", "number"))]
+        columns = {c: columns[c] for c in dict.fromkeys([*kept, target]) if c in columns}
+        features = {"sequence": {"id": id_column, "step": step}}
+        schema_extra = {}
+    elif family == "lstm":
         if not texts:
             raise ModelyardError(
                 f"{source} has no free-text column for an lstm text task",
@@ -143,12 +161,14 @@ def infer_task(frame: pd.DataFrame, source: str, target: str, problem: str | Non
         text = max(texts, key=lambda c: frame[c].astype(str).str.len().mean())
         notes.append(f"text task on column {text!r}; the other columns are not used")
         columns = {text: columns[text], target: columns[target]}
-        features: dict[str, Any] = {"text": {"column": text}}
+        features = {"text": {"column": text}}
+        schema_extra = {}
     else:
         features = _encoders(columns, target, problem)
+        schema_extra = {}
     entry.update(
-        schema={"columns": columns},
-        split={"stratify": problem != "regression"},
+        schema={"columns": columns, **schema_extra},
+        split=split,
         features=features,
         model={},
         tune={},
@@ -156,6 +176,82 @@ def infer_task(frame: pd.DataFrame, source: str, target: str, problem: str | Non
         registry={},
     )
     return Inferred(entry, notes)
+
+
+def infer_image_task(folder: Path, source: str, target: str) -> Inferred:
+    """An image task (`cnn`) from a folder of one subfolder per class; `target` names the
+    label column the task declares."""
+    from modelyard.data.images import read_image_folder
+
+    images, labels = read_image_folder(folder)
+    classes = sorted(map(str, set(labels)))
+    if len(classes) < 2:
+        raise ModelyardError(
+            f"{folder} has images of {len(classes)} class", "give one subfolder per class, two or more"
+        )
+    n_images, height, width, channels = images.shape
+    entry: dict[str, Any] = {
+        "source": {"path": source},
+        "target": target,
+        "problem": "binary" if len(classes) == 2 else "multiclass",
+        "family": "cnn",
+        "metric": "accuracy",
+        "schema": {
+            "columns": {target: {"type": "category", "categories": classes}},
+            "image": {"height": int(height), "width": int(width), "channels": int(channels)},
+        },
+        "split": {},
+        "features": {},
+        "model": {},
+        "tune": {},
+        "train": {},
+        "registry": {},
+    }
+    return Inferred(entry, [f"{n_images} images of {height}x{width}x{channels} in {len(classes)} classes"])
+
+
+def series_settings(times: pd.Series, n_rows: int) -> dict[str, int]:
+    """Forecasting window, horizon and season from the series' step: a day -> a week's
+    season, 4 weeks in, a week out; a week -> 52, 52, 4; a month -> 12, 24, 3; an hour ->
+    24, 72, 24; a quarter -> 4, 12, 2. The window is cut to a sixth of the rows."""
+    step = pd.Series(times).diff().median()
+    hours = step / pd.Timedelta(hours=1)
+    table = [
+        (1.5, (24, 72, 24)),
+        (36, (7, 28, 7)),
+        (24 * 10, (52, 52, 4)),
+        (24 * 45, (12, 24, 3)),
+        (24 * 120, (4, 12, 2)),
+    ]
+    season, window, horizon = next((v for limit, v in table if hours <= limit), (1, 12, 1))
+    window = max(2, min(window, n_rows // 6))
+    return {"window": window, "horizon": horizon, "season": season if season < window * 4 else 1}
+
+
+def _series_time(frame: pd.DataFrame, columns: dict[str, dict[str, Any]], target: str) -> str | None:
+    """The datetime column a numeric target forms a series over: unique, increasing times."""
+    for name, spec in columns.items():
+        if spec["type"] != "datetime" or name == target:
+            continue
+        times = pd.to_datetime(frame[name], errors="coerce", format="mixed")
+        if times.notna().all() and times.is_unique and times.is_monotonic_increasing:
+            return name
+    return None
+
+
+def _sequence_columns(frame: pd.DataFrame, columns: dict[str, dict[str, Any]], target: str) -> tuple[str, str] | None:
+    """(id, step) of long-format sequences: an id column within which the target is
+    constant (at least 4 ids, 3 rows each on average) and a numeric step column that
+    increases within every id."""
+    numeric = [c for c, s in columns.items() if s["type"] in ("integer", "number") and c != target]
+    for id_column in [c for c in frame.columns if c != target]:
+        groups = frame.groupby(id_column, sort=False)
+        if not 4 <= groups.ngroups <= len(frame) / 3 or (groups[target].nunique() > 1).any():
+            continue
+        for step in numeric:
+            if step != id_column and groups[step].apply(lambda s: s.is_monotonic_increasing and s.is_unique).all():
+                return str(id_column), step
+    return None
 
 
 def _problem(values: pd.Series, spec: dict[str, Any]) -> str:
@@ -182,7 +278,7 @@ def add_task(
     root: Path,
     name: str,
     path: Path,
-    target: str,
+    target: str | None,
     *,
     problem: str | None = None,
     family: str | None = None,
@@ -192,8 +288,12 @@ def add_task(
     data/sources/ and write the entry into params.yaml. Returns the entry as YAML text."""
     from ruamel.yaml import YAML
 
-    if not path.is_file() or path.suffix.lower() not in TABLE_SUFFIXES:
-        raise ModelyardError(f"{path} is not a .csv or .parquet file", "give --source a CSV or Parquet table")
+    is_table = path.is_file() and path.suffix.lower() in TABLE_SUFFIXES
+    if not (is_table or path.is_dir()):
+        raise ModelyardError(
+            f"{path} is neither a .csv / .parquet table nor an image folder",
+            "give --source a CSV or Parquet table, or a folder with one subfolder of images per class",
+        )
     params_path = root / "params.yaml"
     yaml = YAML()
     original = params_path.read_text() if params_path.is_file() else ""
@@ -203,7 +303,12 @@ def add_task(
         raise ModelyardError(f"params.yaml already has a task {name!r}", "pick another name, or remove that task first")
     inside = _inside(path.resolve(), (root / SOURCES).resolve())
     source = (SOURCES / (path.name if inside is None else inside)).as_posix()
-    inferred = infer_task(read_table(path), source, target, problem, family)
+    if is_table and target is None:
+        raise ModelyardError("a table task needs its target column", "add --target COLUMN")
+    if is_table:
+        inferred = infer_task(read_table(path), source, target, problem, family)
+    else:
+        inferred = infer_image_task(path, source, target or "label")
     text = _dump(yaml, _quoted({name: inferred.entry}))
     candidate = _plain(document)
     # the entry as params.yaml will read it back must be a valid task before anything is written
@@ -217,7 +322,10 @@ def add_task(
             raise ModelyardError(f"{destination} already exists", "remove it, or add the task from that file")
         destination.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(destination) as temporary:
-            shutil.copyfile(path, temporary)
+            if is_table:
+                shutil.copyfile(path, temporary)
+            else:
+                shutil.copytree(path, temporary)
         inferred.notes.append(f"copied {path} to {source}")
     with atomic_path(params_path) as temporary:
         temporary.write_text(insert_task(original, document, text))

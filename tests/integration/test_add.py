@@ -13,6 +13,7 @@ from modelyard.cli import main
 from modelyard.config import load_settings
 from modelyard.stages import STAGES, Context
 from tests.conftest import REPO
+from tests.integration.test_family_pipelines import reviews, trends, weekly_series, write_image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,3 +61,45 @@ def test_an_added_semicolon_table_runs_to_a_registered_model(tmp_path: Path, mlf
     test = pd.read_parquet(ctx.paths.split_file("test"))
     majority = test["default"].value_counts(normalize=True).max()
     assert json.loads(ctx.paths.metrics.read_text())["test_accuracy"] > majority + 0.05
+
+
+def image_folder(folder: Path) -> Path:
+    write_image_folder(folder, per_class=30)
+    return folder
+
+
+def table(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, index=False)
+    return path
+
+
+KINDS = {  # kind: (write the source, target, what the task must be)
+    "images": (lambda d: image_folder(d / "shapes"), None, {"family": "cnn", "kind": "images"}),
+    "sequences": (lambda d: table(trends(80), d / "trends.csv"), "trend", {"family": "lstm", "kind": "sequence"}),
+    "text": (lambda d: table(reviews(160), d / "reviews.csv"), "sentiment", {"family": "lstm", "kind": "text"}),
+    "series": (lambda d: table(weekly_series(260), d / "level.csv"), "level", {"family": "lstm", "kind": "series"}),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_kind_of_source_is_added_and_runs_to_a_registered_model(
+    kind: str, tmp_path: Path, mlflow_uri: str
+) -> None:
+    write, target, expected = KINDS[kind]
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (root / "params.yaml").write_text("seed: 0\ndevice: cpu\ntasks: {}\n")
+    source = write(tmp_path)
+    args = ["add", kind, "--source", str(source), "--params", str(root / "params.yaml")]
+    assert main([*args, *(["--target", target] if target else [])]) == 0
+    ctx = Context(root, load_settings(root / "params.yaml"), kind)
+    assert ctx.task.family == expected["family"] and ctx.task.kind == expected["kind"]
+    for stage in STAGES.values():
+        stage(ctx)
+    assert json.loads(ctx.paths.registry_decision.read_text())["promoted"]
+    metrics = json.loads(ctx.paths.metrics.read_text())
+    if kind == "series":
+        assert metrics["test_rmse_vs_naive"] < 1.0  # better than repeating last season
+    else:
+        assert metrics["test_accuracy"] >= 0.8  # every one of these sets is easy to learn
