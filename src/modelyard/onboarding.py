@@ -14,6 +14,9 @@ What is inferred, and the rules (each one a default a user can edit afterwards):
   integers is multiclass, otherwise regression;
 - the family: a free-text column makes a text task (`lstm` family, the text column its only
   feature); otherwise a table (`ann`);
+- a binary target whose positive class is under RARE_SHARE of the rows is compared on F1
+  (registry.metric), so train decides at the F1-best threshold rather than predicting the
+  majority class;
 - encoders: one-hot up to ONEHOT_LEVELS levels, above that target encoding (binary and
   regression) or hashing (multiclass);
 - budgets and search space: the defaults, sized from the data at tune time.
@@ -45,6 +48,7 @@ CATEGORY_LEVELS = 50
 ONEHOT_LEVELS = 15
 CLASS_LEVELS = 20
 TEXT_WORDS = 5
+RARE_SHARE = 0.2  # a binary target whose positive class is rarer than this is judged on F1
 DATE_SHARE = 0.95  # a string column is dates when this share of its values parse as dates
 SOURCES = Path("data") / "sources"
 
@@ -132,9 +136,14 @@ def infer_task(frame: pd.DataFrame, source: str, target: str, problem: str | Non
         )
     family = family or ("lstm" if (texts and problem != "regression") or time or sequence else "ann")
     entry: dict[str, Any] = {"source": {"path": source}, "target": target, "problem": problem, "family": family}
+    registry: dict[str, Any] = {}
     if problem == "binary":
         counts = frame[target].astype(str).value_counts()
         entry["positive_label"] = str(counts.index[-1])
+        if counts.iloc[-1] < RARE_SHARE * len(frame):
+            # accuracy rewards saying "no" to everyone; F1 makes train pick a threshold that finds positives
+            registry = {"metric": "f1"}
+            notes.append(f"the positive class {counts.index[-1]!r} is rare: models are compared on F1")
     entry["metric"] = "rmse" if problem == "regression" else "accuracy"
     split: dict[str, Any] = {"stratify": problem != "regression"}
     if family == "lstm" and time:
@@ -173,7 +182,7 @@ def infer_task(frame: pd.DataFrame, source: str, target: str, problem: str | Non
         model={},
         tune={},
         train={},
-        registry={},
+        registry=registry,
     )
     return Inferred(entry, notes)
 

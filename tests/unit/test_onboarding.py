@@ -152,3 +152,11 @@ def test_add_refuses_a_taken_name_and_an_unknown_target(tmp_path: Path) -> None:
         add_task(tmp_path, "new", source, "churn")
     assert "churned" in error.value.hint
     assert (tmp_path / "params.yaml").read_text() == PARAMS
+
+
+def test_a_rare_positive_class_is_judged_on_f1() -> None:
+    frame = customers(200).assign(bought=["yes" if i % 10 == 0 else "no" for i in range(200)])
+    inferred = infer_task(frame.drop(columns="churned"), "c.csv", "bought", None, None)
+    assert inferred.entry["positive_label"] == "yes" and inferred.entry["registry"] == {"metric": "f1"}
+    balanced = infer_task(customers(), "c.csv", "churned", None, None).entry  # 25% positives
+    assert balanced["registry"] == {}
