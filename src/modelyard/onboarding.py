@@ -278,7 +278,9 @@ def _encoders(columns: dict[str, dict[str, Any]], target: str, problem: str) -> 
     encoders = {
         name: many
         for name, spec in columns.items()
-        if name != target and spec["type"] == "category" and len(spec.get("categories") or range(99)) > ONEHOT_LEVELS
+        if name != target
+        and spec["type"] == "category"
+        and ("categories" not in spec or len(spec["categories"]) > ONEHOT_LEVELS)  # no closed list: many levels
     }
     return {"default_encoder": "onehot", "encoders": encoders} if encoders else {"default_encoder": "onehot"}
 

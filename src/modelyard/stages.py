@@ -355,7 +355,7 @@ def train(ctx: Context) -> None:
             ensemble = Ensemble(members, task.problem)
             candidate = (ensemble, score(ensemble, val, hparams, options), "ensemble")
         network, val_metrics, source, trial_epoch = _better_of(
-            candidate, _network(arrays, size, task, hparams), ctx.paths.best_trial, val, hparams, options
+            candidate, lambda: _network(arrays, size, task, hparams), ctx.paths.best_trial, val, hparams, options
         )
         if source == "best_trial":
             best_epoch = trial_epoch
@@ -434,16 +434,19 @@ def _network(arrays: dict[str, np.ndarray], size: dict[str, Any], task: TaskSett
     )
 
 
-def _better_of(candidate: tuple, spare, checkpoint: Path, val: tuple[np.ndarray, np.ndarray], hparams, options):
+def _better_of(
+    candidate: tuple, new_network: Callable, checkpoint: Path, val: tuple[np.ndarray, np.ndarray], hparams, options
+):
     """(network, validation metrics, source, best trial's epoch or -1): the `candidate`
-    (network, its validation metrics, source), or `spare` loaded with the best trial's
-    weights when those score better on validation."""
+    (network, its validation metrics, source), or a `new_network()` loaded with the best
+    trial's weights when those score better on validation."""
     from modelyard.training import improves, load_checkpoint, score
 
     network, candidate_metrics, source = candidate
     trial = load_checkpoint(checkpoint)
     if trial is None:
         return network, candidate_metrics, source, -1
+    spare = new_network()
     try:
         spare.load_state_dict(trial["state_dict"])
     except (RuntimeError, KeyError):  # weights of another network shape: not this study's

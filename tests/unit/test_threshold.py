@@ -63,3 +63,15 @@ def test_train_chooses_a_threshold_only_for_accuracy_or_f1() -> None:
     assert 0.2 < _decision_threshold(on_accuracy, Fixed(), rows) < 0.4
     on_auc = parse_settings(toy_params()).task("toy")
     assert _decision_threshold(on_auc, Fixed(), rows) == 0.5
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1"])
+def test_the_threshold_search_scores_every_candidate_as_metric_value_does(metric: str) -> None:
+    rng = np.random.default_rng(5)
+    y = (rng.random(300) < 0.3).astype(int)
+    p = np.round(np.clip(0.3 * y + rng.random(300) * 0.7, 0, 1), 2)  # ties among probabilities
+    values = np.unique(p)
+    candidates = np.unique(np.concatenate([[0.5], (values[1:] + values[:-1]) / 2]))
+    scores = np.array([compute_metrics("binary", y, p, threshold=t)[f"test_{metric}"] for t in candidates])
+    best = candidates[np.flatnonzero(scores >= scores.max() - 1e-12)]
+    assert best_threshold(y, p, metric) == best[np.argmin(np.abs(best - 0.5))]

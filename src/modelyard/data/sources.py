@@ -193,7 +193,7 @@ def read_table(
         raise ModelyardError(f"data file {path} not found", "check tasks.<task>.source.path in params.yaml")
     try:
         if path.suffix.lower() == ".csv":
-            if path.read_bytes()[:2] == b"\x1f\x8b":
+            if _starts_with(path, b"\x1f\x8b"):
                 raise ModelyardError(
                     f"{path} is gzip-compressed, not CSV text", "decompress it (gunzip), or save it as Parquet"
                 )
@@ -215,6 +215,11 @@ def read_table(
         raise ModelyardError(
             f"cannot read {path}: {str(exc).strip()}", "check that the file is a valid CSV or Parquet file"
         ) from None
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(magic)) == magic
 
 
 DELIMITERS = (",", ";", "\t", "|")
