@@ -20,6 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from modelyard.errors import ModelyardError
 
 Problem = Literal["binary", "multiclass", "regression"]
+# Below this many validation samples, a classifier's epochs, trials and final models are
+# compared on the validation loss, and the final model cross-fits (see `stages.train`):
+# accuracy on a dozen samples moves in steps of more than a point, and an early epoch or a
+# trial that happens to classify them right would beat a converged model.
+MIN_METRIC_SAMPLES = 100
 Device = Literal["auto", "cpu", "cuda"]
 EncoderName = Literal[
     "onehot",
@@ -596,6 +601,14 @@ class Settings(Frozen):
                 f"no task {name!r} in params.yaml", f"use one of: {', '.join(self.tasks) or '(none declared)'}"
             )
         return self.tasks[name]
+
+
+def selection_metric(problem: Problem, monitor: str, n_val: int) -> str:
+    """What epochs, trials and final models are compared on: the monitored metric, or the
+    validation loss for a classifier with fewer than MIN_METRIC_SAMPLES validation samples."""
+    if problem != "regression" and n_val < MIN_METRIC_SAMPLES:
+        return "val_loss"
+    return monitor
 
 
 def hparam_kind(name: str) -> type:

@@ -16,3 +16,9 @@ class ModelyardError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n  fix: {self.hint}" if self.hint else self.message
+
+
+class DataRejected(ModelyardError):
+    """Data that cannot make a model, found by validation or by a later stage (exit code 3)."""
+
+    exit_code = 3

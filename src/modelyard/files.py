@@ -32,6 +32,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
         _remove(temporary)
 
 
+def move_over(source_dir: Path, target_dir: Path) -> None:
+    """Move every file and folder of `source_dir` over its namesake in `target_dir` (each
+    one whole, by rename), then remove `source_dir`; what only `target_dir` holds stays."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(source_dir.iterdir()):
+        with atomic_path(target_dir / entry.name) as temporary:
+            entry.rename(temporary)
+    _remove(source_dir)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)

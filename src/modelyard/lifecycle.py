@@ -1,9 +1,10 @@
 """The model lifecycle after the first pipeline run: unattended retraining that promotes on
 evidence, the audit history, rollback, and batch prediction with the champion.
 
-`retrain` runs the same stage functions `dvc repro` runs, in the same `data/<task>/`
-folders, then decides with the paired test of `modelyard.promotion`. It does not update
-`dvc.lock`: the next `dvc repro` reruns the stages from params.yaml and the source file.
+`retrain` runs the same stage functions `dvc repro` runs, writing to a scratch folder that
+replaces the files of `data/<task>/` once it succeeds, then decides with the paired test of
+`modelyard.promotion`. It does not update `dvc.lock`: the next `dvc repro` reruns the
+stages from params.yaml and the source file.
 
 Every decision about the champion is an MLflow run tagged `modelyard.audit=true` in the
 task's experiment (register, retrain, rollback); `history` lists those runs and `rollback`
@@ -16,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -31,8 +33,9 @@ from modelyard import registry, tracking
 from modelyard.config import Settings, SourceSettings
 from modelyard.console import say
 from modelyard.data.sources import conform, frame_hash, read_table, read_task_frame
-from modelyard.errors import ModelyardError
-from modelyard.files import atomic_path, write_json
+from modelyard.errors import DataRejected, ModelyardError
+from modelyard.files import atomic_path, move_over, write_json
+from modelyard.paths import TaskPaths
 from modelyard.stages import STAGES, Context, register_model, tune
 
 # Exit codes of `modelyard retrain` (errors share the other commands' codes: 1 unexpected, 2 bad input).
@@ -174,13 +177,15 @@ def retrain(
 ) -> int:
     """Retrain a task on its current (or `data`) source and promote on evidence.
 
-    Returns PROMOTED, KEPT_CHAMPION or UP_TO_DATE; raises ValidationFailed (exit 3),
-    TrainingFailed (4) or LockTimeout (5). Whatever happens, the champion alias moves only
+    Returns PROMOTED, KEPT_CHAMPION or UP_TO_DATE; raises ValidationFailed or DataRejected
+    (exit 3), TrainingFailed (4) or LockTimeout (5). Whatever happens, the champion alias moves only
     through the final registration step.
     """
     if data is not None:
         settings = with_source(settings, task_name, data)
-    ctx = Context(root, settings, task_name)
+    # The stages write to a scratch folder, moved over data/<task>/ only when the retrain
+    # succeeds: a failed one leaves the files of the last good run (the champion's) in place.
+    ctx = Context(root, settings, task_name, staging=root / "data" / f".retrain-{task_name}")
     with task_lock(ctx.paths.retrain_lock, lock_timeout_s, f"retrain {task_name}"):
         versions = input_versions(ctx)
         fingerprint = _sha256(json.dumps(versions, sort_keys=True))
@@ -218,8 +223,11 @@ def retrain(
             },
         )
         run.log_params({"source": str(data or ctx.task.source.path or ctx.task.source.builtin), "trigger": reason})
+        shutil.rmtree(ctx.staging, ignore_errors=True)  # what a killed retrain left
         try:
-            return _retrain_steps(ctx, client, run, workers)
+            outcome = _retrain_steps(ctx, client, run, workers)
+            move_over(ctx.staging, TaskPaths(root, task_name).dir)
+            return outcome
         except KeyboardInterrupt:
             run.set_tags({registry.TAG_OUTCOME: "interrupted"})
             run.finish("KILLED")
@@ -229,6 +237,8 @@ def retrain(
             run.set_tags({registry.TAG_OUTCOME: outcome, registry.TAG_REASON: str(exc)[:4000]})
             run.finish("FAILED")
             raise
+        finally:
+            shutil.rmtree(ctx.staging, ignore_errors=True)
 
 
 def _retrain_steps(ctx: Context, client, run: tracking.Run, workers: int) -> int:
@@ -250,12 +260,14 @@ def _retrain_steps(ctx: Context, client, run: tracking.Run, workers: int) -> int
         say(f"retrain {ctx.task_name}: drift against the champion's training data: {summarize(report)}")
     else:
         say(f"retrain {ctx.task_name}: no champion training sample to measure drift against")
-    for stage in ("split", "featurize"):
-        STAGES[stage](ctx)
     try:
+        for stage in ("split", "featurize"):
+            STAGES[stage](ctx)
         tune(ctx, workers=workers, warm_start=champion.hparams if champion is not None else None)
         STAGES["train"](ctx)
         STAGES["evaluate"](ctx)
+    except DataRejected:  # exit 3, as validation: the data cannot make a model
+        raise
     except Exception as exc:
         raise TrainingFailed(
             f"retrain {ctx.task_name}: training failed ({type(exc).__name__}: {exc}); the champion is unchanged",

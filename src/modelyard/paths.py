@@ -34,14 +34,16 @@ def home_root(root: Path) -> Path:
 
 @dataclass(frozen=True)
 class TaskPaths:
-    """Every file a task's stages produce, under data/<task>/."""
+    """Every file a task's stages produce, under data/<task>/ (or `staging`, a scratch
+    folder whose files replace those of data/<task>/ only once a retrain succeeds)."""
 
     root: Path
     task: str
+    staging: Path | None = None
 
     @property
     def dir(self) -> Path:
-        return self.root / "data" / self.task
+        return self.staging or self.root / "data" / self.task
 
     @property
     def raw(self) -> Path:

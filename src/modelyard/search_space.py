@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from modelyard.config import Distribution, Hyperparams, TaskSettings, hparam_kind
+from modelyard.config import Distribution, Hyperparams, TaskSettings, hparam_kind, selection_metric
 
 MIN_BATCH, MAX_BATCH = 16, 512
 STEPS_PER_EPOCH = 16  # the largest default batch still gives an epoch this many steps
@@ -155,10 +155,15 @@ def base_hparams(task: TaskSettings) -> Hyperparams:
     return task.model.model_copy(update={"arch": task.arch})
 
 
-def tuning_task(task: TaskSettings, n_train: int) -> TaskSettings:
-    """The task as the study sees it: the effective search space, the resolved network."""
+def tuning_task(task: TaskSettings, n_train: int, n_val: int) -> TaskSettings:
+    """The task as the study sees it: the effective search space, the resolved network, and
+    the metric trials are ranked and pruned on (the validation loss for a classifier with
+    few validation samples, see `selection_metric`)."""
     tune = task.tune.model_copy(update={"search_space": effective_space(task, n_train), "default_space": False})
-    return task.model_copy(update={"tune": tune, "model": base_hparams(task)})
+    update = {"tune": tune, "model": base_hparams(task)}
+    if selection_metric(task.problem, task.monitor, n_val) == "val_loss":
+        update["metric"] = "loss"
+    return task.model_copy(update=update)
 
 
 def describe(dist: Distribution) -> str:

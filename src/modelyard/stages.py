@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from modelyard.config import Hyperparams, Settings, TaskSettings
+from modelyard.config import MIN_METRIC_SAMPLES, Hyperparams, Settings, TaskSettings
 from modelyard.console import Progress, say
 from modelyard.data.sources import SPLIT_MARKER, frame_hash, read_task_frame
 from modelyard.errors import ModelyardError
@@ -37,6 +37,7 @@ class Context:
     root: Path
     settings: Settings
     task_name: str
+    staging: Path | None = None  # where the stages write instead of data/<task>/ (a retrain)
 
     @property
     def task(self) -> TaskSettings:
@@ -44,7 +45,7 @@ class Context:
 
     @cached_property
     def paths(self) -> TaskPaths:
-        return TaskPaths(self.root, self.task_name)
+        return TaskPaths(self.root, self.task_name, self.staging)
 
     def need(self, path: Path, stage: str) -> Path:
         """An input file, or an error that says which stage makes it."""
@@ -207,7 +208,7 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
     )
 
     arrays = _load_arrays(ctx)
-    task = tuning_task(ctx.task, len(arrays["x_train"]))
+    task = tuning_task(ctx.task, len(arrays["x_train"]), len(arrays["x_val"]))
     size = network_size(task, _load_preprocessing(ctx))
     features = Arrays(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], **size)
     client = tracking.connect(ctx.root)
@@ -296,14 +297,25 @@ def train(ctx: Context) -> None:
     The final run trains longer than a trial (see `training.py`). With `train.ensemble: k`
     it trains k seeds of the best configuration and the model averages them. Should the
     result still score worse on validation than the best trial's own weights, those weights
-    are kept instead, so train never hands on a model worse than what tuning found. The
-    choice is logged (`modelyard.train_source`: retrained, ensemble or best_trial) and
-    written to train.json.
+    are kept instead, so train never hands on a model worse than what tuning found.
+
+    Small data (fewer than MIN_METRIC_SAMPLES validation samples, not a forecast) cross-fits
+    the k members instead (`cross_fit_splits`): member 0 trains on the training split and
+    validates on the validation split, as above, and is replaced by the best trial's
+    weights when those score better there; each other member holds out another fold of the
+    training rows and trains on everything else, validation split included. A dozen
+    validation samples cannot pick a model reliably, while a member that learns from the
+    validation split as well and is early-stopped on other samples does not depend on them
+    alone. The validation figures are then out-of-fold: each held-out sample scored by the
+    member that did not train on it.
+
+    The choice is logged (`modelyard.train_source`: retrained, ensemble, best_trial,
+    cross_fit or cross_fit_best_trial) and written to train.json.
     """
     from modelyard import registry, tracking
     from modelyard.bundle import ModelBundle
     from modelyard.models import Ensemble
-    from modelyard.training import FitOptions, fit, score
+    from modelyard.training import FitOptions, cross_fit_splits, fit, pooled_metrics, score
 
     task = ctx.task
     arrays = _load_arrays(ctx)
@@ -339,18 +351,25 @@ def train(ctx: Context) -> None:
 
         return on_epoch_end
 
+    cross_fit = n_members > 1 and len(val[0]) < MIN_METRIC_SAMPLES and task.kind != "series"
+    if cross_fit:
+        splits = cross_fit_splits(train_rows, val, n_members, task.problem, ctx.settings.seed)
+    else:
+        splits = [(train_rows, val)] * n_members
     try:
         run.log_params({**hparams.model_dump(), **task.train.model_dump(), "seed": ctx.settings.seed})
         members, results = [], []
-        for member in range(n_members):
+        for member, (member_train, member_val) in enumerate(splits):
             network = _network(arrays, size, task, hparams)
             member_options = replace(options, seed=options.seed + member)
-            results.append(fit(network, train_rows, val, hparams, member_options, member_epoch_end(member)))
+            results.append(fit(network, member_train, member_val, hparams, member_options, member_epoch_end(member)))
             members.append(network)
         progress.close()
         best_epoch, epochs_run = results[0].best_epoch, [len(r.history) for r in results]
         if n_members == 1:
             candidate = (members[0], results[0].best_metrics, "retrained")
+        elif cross_fit:
+            candidate = (members[0], results[0].best_metrics, "cross_fit")
         else:
             ensemble = Ensemble(members, task.problem)
             candidate = (ensemble, score(ensemble, val, hparams, options), "ensemble")
@@ -360,8 +379,19 @@ def train(ctx: Context) -> None:
         if source == "best_trial":
             best_epoch = trial_epoch
             say(f"train {ctx.task_name}: the best trial's weights score better on validation; keeping them")
+        held_out, split_metrics = [(network, val)], val_metrics
+        if cross_fit:  # member 0 (or the better best trial) is scored on the validation split, the rest on their folds
+            members[0], source = network, "cross_fit_best_trial" if source == "best_trial" else "cross_fit"
+            network = Ensemble(members, task.problem)
+            scores = [split_metrics] + [result.best_metrics for result in results[1:]]
+            val_metrics = pooled_metrics([(m, len(split[1][0])) for m, split in zip(scores, splits, strict=True)])
+            held_out = [(member, split[1]) for member, split in zip(members, splits, strict=True)]
+            say(
+                f"train {ctx.task_name}: {n_members} members cross-fitted on folds of train + validation "
+                f"({sum(len(split[1][0]) for split in splits)} samples scored out of fold)"
+            )
         network.cpu()
-        threshold = _decision_threshold(task, network, val)
+        threshold = _decision_threshold(task, held_out)
         if threshold != 0.5:
             say(
                 f"train {ctx.task_name}: decision threshold {threshold:.3f}, "
@@ -406,22 +436,27 @@ def train(ctx: Context) -> None:
             "best_epoch": best_epoch,
             "threshold": threshold,
             "epochs_run": epochs_run if n_members > 1 else epochs_run[0],
+            "validation": "out_of_fold" if cross_fit else "val_split",
             "val": val_metrics,
+            "val_split": split_metrics,  # the (first) member's figures on the validation split
         },
     )
     say(f"train {ctx.task_name}: best epoch {best_epoch} ({source}), {task.monitor}={val_metrics[task.monitor]:.4f}")
 
 
-def _decision_threshold(task: TaskSettings, network, val: tuple[np.ndarray, np.ndarray]) -> float:
+def _decision_threshold(task: TaskSettings, held_out: list[tuple[Any, tuple[np.ndarray, np.ndarray]]]) -> float:
     """A binary task promoted on accuracy or F1 decides at the threshold that maximises that
-    metric on validation; any other task at 0.5."""
+    metric on held-out samples; any other task at 0.5. `held_out` pairs each network with
+    samples it did not train on (the validation split, or a cross-fitted member's fold)."""
     from modelyard.evaluation import THRESHOLD_METRICS, best_threshold
     from modelyard.training import predict
 
     metric = task.promotion_metric.removeprefix("test_")
     if task.problem != "binary" or metric not in THRESHOLD_METRICS:
         return 0.5
-    return best_threshold(val[1], predict(network, val[0], "binary"), metric)
+    labels = np.concatenate([y for _, (_, y) in held_out])
+    probabilities = np.concatenate([predict(network, x, "binary") for network, (x, _) in held_out])
+    return best_threshold(labels, probabilities, metric)
 
 
 def _network(arrays: dict[str, np.ndarray], size: dict[str, Any], task: TaskSettings, hparams: Hyperparams):

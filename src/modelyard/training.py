@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelyard.config import Hyperparams, Problem, TaskSettings
+from modelyard.config import Hyperparams, Problem, TaskSettings, selection_metric
 from modelyard.errors import ModelyardError
 from modelyard.evaluation import lower_is_better
 from modelyard.features.augment import ImageAugmenter
@@ -45,10 +45,6 @@ EVAL_BATCH = 8192
 AUTO_TRAIN = (3000, 20, 500)
 AUTO_TUNE = (1500, 10, 250)
 PATIENCE_STEPS = 300  # early stopping waits at least this many optimizer steps
-# Below this many validation samples, classification compares epochs and models on the
-# validation loss: accuracy there moves in steps of more than a point, and an early epoch
-# that happens to classify a dozen samples right would beat a converged model.
-MIN_METRIC_SAMPLES = 100
 
 
 class TrainingDiverged(RuntimeError):
@@ -111,9 +107,7 @@ class FitOptions:
         """What the best epoch, and the final model against the best trial, are chosen on:
         the monitored metric (ties broken by the lower loss), or the validation loss for a
         classifier with fewer than MIN_METRIC_SAMPLES validation samples."""
-        if self.problem != "regression" and n_val < MIN_METRIC_SAMPLES:
-            return "val_loss"
-        return self.monitor
+        return selection_metric(self.problem, self.monitor, n_val)
 
     def epochs_for(self, n_rows: int, batch_size: int) -> int:
         """The epoch budget: `max_epochs`, or enough epochs for the auto budget's steps."""
@@ -298,6 +292,60 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return FitResult(best_epoch=best_epoch, best_metrics=history[best_epoch], history=history)
+
+
+CROSS_FIT_FOLDS = 5  # folds of train + validation when the final model cross-fits (at least)
+
+Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def cross_fit_splits(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    n_members: int,
+    problem: Problem,
+    seed: int,
+) -> list[Split]:
+    """(training rows, held-out rows) for each member of a cross-fitted ensemble.
+
+    Train + validation form max(CROSS_FIT_FOLDS, n_members) folds: the validation split is
+    fold 0, the training rows are dealt into the others (each class spread evenly over them
+    for classification). Member i holds out fold i and trains on all the rest, so every
+    member learns from about (k-1)/k of the labelled samples and is early-stopped on
+    samples it never saw.
+    """
+    n_folds = max(CROSS_FIT_FOLDS, n_members)
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(train[1])
+    fold = np.empty(len(labels), dtype=np.int64)
+    if problem == "regression":
+        groups = [np.arange(len(labels))]
+    else:
+        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    start = 0
+    for rows in groups:  # round-robin over the folds, continuing where the last class ended
+        rows = rng.permutation(rows)
+        fold[rows] = 1 + (start + np.arange(len(rows))) % (n_folds - 1)
+        start += len(rows)
+    splits = [(train, val)]
+    for member in range(1, n_members):
+        held = fold == member
+        rest = tuple(np.concatenate([part[~held], extra]) for part, extra in zip(train, val, strict=True))
+        splits.append((rest, (train[0][held], train[1][held])))
+    return splits
+
+
+def pooled_metrics(parts: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Validation metrics over several held-out sets, from each set's metrics and size: as
+    if computed on their union (means weighted by size, RMSE through the mean square)."""
+    total = sum(n for _, n in parts)
+    pooled = {}
+    for name in parts[0][0]:
+        if name.endswith("rmse"):
+            pooled[name] = math.sqrt(sum(m[name] ** 2 * n for m, n in parts) / total)
+        else:
+            pooled[name] = sum(m[name] * n for m, n in parts) / total
+    return pooled
 
 
 def score(

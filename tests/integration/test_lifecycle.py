@@ -161,7 +161,7 @@ def test_unchanged_inputs_skip_as_up_to_date(
 
 def test_a_worse_model_keeps_the_champion(promoted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     crippled = {"search_space": {"lr": {"choices": [1.0e-6]}, "batch_size": {"choices": [32]}}}
-    root = clone(promoted, tmp_path, monkeypatch, tune=crippled, train={"max_epochs": 1})
+    root = clone(promoted, tmp_path, monkeypatch, tune=crippled, train={"max_epochs": 1, "ensemble": 1})
     assert cli(root, "retrain", "--data", str(root / "data" / "sources" / "good.csv")) == lifecycle.KEPT_CHAMPION
     client = MlflowClient()
     assert champion(client) == 2
@@ -172,18 +172,41 @@ def test_a_worse_model_keeps_the_champion(promoted: Path, tmp_path: Path, monkey
     assert client.get_model_version("toy", "3").tags["modelyard.decision"] == "kept champion"
 
 
-def test_invalid_data_stops_before_training(
-    promoted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+def task_files(root: Path) -> dict[str, int]:
+    """data/toy/'s files and their modification times (the retrain lock aside)."""
+    folder = root / "data" / "toy"
+    files = [p for p in folder.rglob("*") if p.is_file() and p.name != "retrain.lock"]
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in files}
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "said"),
+    [
+        ("x2", 500, "x2"),  # declared 0..100
+        ("x1", float("inf"), "infinite or beyond"),  # 1e309 in a CSV reads as inf
+        ("label", "yes", "1 class(es)"),  # a target with one class
+    ],
+)
+def test_invalid_data_stops_before_training_and_leaves_the_task_files(
+    promoted: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    column: str,
+    value: object,
+    said: str,
 ) -> None:
     root = clone(promoted, tmp_path, monkeypatch)
     bad = toy_frame(seed=3)
-    bad.loc[:9, "x2"] = 500  # x2 is declared 0..100
+    bad.loc[: 9 if column != "label" else None, column] = value
     bad.to_csv(tmp_path / "bad.csv", index=False)
     client = MlflowClient()
-    versions = n_versions(client)
+    versions, before = n_versions(client), task_files(root)
     assert cli(root, "retrain", "--data", str(tmp_path / "bad.csv")) == lifecycle.VALIDATION_FAILED
-    assert "x2" in capsys.readouterr().err
+    assert said in capsys.readouterr().err
     assert champion(client) == 2 and n_versions(client) == versions
+    assert task_files(root) == before  # the champion's raw data, split and features, untouched
+    assert not (root / "data" / ".retrain-toy").exists()
     run = retrain_runs(client)[0]
     assert run.info.status == "FAILED" and run.data.tags["modelyard.outcome"] == "validation failed"
 

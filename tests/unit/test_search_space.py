@@ -93,8 +93,16 @@ def test_sequences_compare_fcn_and_resnet_unless_the_task_picks_one() -> None:
     picked = sequence_task(model={"arch": "lstm"})
     space = effective_space(picked, n_train=300)
     assert "arch" not in space and {"hidden_size", "bidirectional"} <= set(space)
-    assert tuning_task(picked, 300).model.arch == "lstm"
-    assert tuning_task(sequence_task(), 300).model.arch == "fcn"  # `auto` resolved
+    assert tuning_task(picked, 300, 100).model.arch == "lstm"
+    assert tuning_task(sequence_task(), 300, 100).model.arch == "fcn"  # `auto` resolved
+
+
+def test_a_classifier_with_few_validation_samples_is_tuned_on_the_validation_loss() -> None:
+    # accuracy on a dozen samples ties most trials; the loss still ranks them
+    assert tuning_task(sequence_task(), 40, 12).monitor == "val_loss"
+    assert tuning_task(sequence_task(), 400, 100).monitor == "val_accuracy"
+    regression = task(problem="regression", target="x1", positive_label=None)
+    assert tuning_task(regression, 40, 12).monitor == "val_rmse"  # RMSE is not a step function
 
 
 def test_a_table_without_numeric_columns_searches_no_numeric_embedding() -> None:

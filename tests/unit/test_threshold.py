@@ -60,9 +60,13 @@ def test_train_chooses_a_threshold_only_for_accuracy_or_f1() -> None:
 
     rows = (np.arange(len(y), dtype=np.float32)[:, None], y.astype(np.float32))
     on_accuracy = parse_settings(toy_params(registry={"metric": "accuracy"})).task("toy")
-    assert 0.2 < _decision_threshold(on_accuracy, Fixed(), rows) < 0.4
+    chosen = _decision_threshold(on_accuracy, [(Fixed(), rows)])
+    assert 0.2 < chosen < 0.4
+    # cross-fitted members, each scoring its own held-out rows, pool them into one search
+    halves = [tuple(part[half] for part in rows) for half in (slice(None, 150), slice(150, None))]
+    assert _decision_threshold(on_accuracy, [(Fixed(), half) for half in halves]) == chosen
     on_auc = parse_settings(toy_params()).task("toy")
-    assert _decision_threshold(on_auc, Fixed(), rows) == 0.5
+    assert _decision_threshold(on_auc, [(Fixed(), rows)]) == 0.5
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "f1"])

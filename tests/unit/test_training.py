@@ -13,8 +13,10 @@ from modelyard.training import (
     FitResult,
     TrainingDiverged,
     as_target,
+    cross_fit_splits,
     fit,
     loss_function,
+    pooled_metrics,
     predict,
     resolve_device,
     validation_metrics,
@@ -306,3 +308,32 @@ def test_trains_on_cuda_with_mixed_precision(monkeypatch: pytest.MonkeyPatch, bf
     assert result.best_metrics["val_accuracy"] >= 0.9
     probabilities = predict(model, data[0], "binary")
     assert probabilities.dtype == np.float32 and ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+@pytest.mark.parametrize("problem", ["binary", "regression"])
+def test_cross_fit_members_hold_out_disjoint_folds_and_train_on_the_rest(problem: str) -> None:
+    rng = np.random.default_rng(0)
+    x = np.arange(60, dtype=np.float32)[:, None]  # row ids, to follow each row
+    y = (rng.random(60) < 0.3).astype(np.float32)  # an unbalanced binary target (or values)
+    train, val = (x[:48], y[:48]), (x[48:], y[48:])
+    splits = cross_fit_splits(train, val, 3, problem, seed=0)
+    assert splits[0][0] is train and splits[0][1] is val  # member 0 is the plain train / validation split
+    held = [set(held_x[:, 0]) for _, (held_x, _) in splits]
+    assert not held[1] & held[2] and not (held[1] | held[2]) & held[0]
+    assert all(len(h) == 12 for h in held)  # five folds of 60 samples
+    for (fit_x, fit_y), (held_x, _) in splits[1:]:
+        assert set(fit_x[:, 0]) | set(held_x[:, 0]) == set(range(60))  # validation rows included
+        assert np.array_equal(fit_y, y[fit_x[:, 0].astype(int)])  # labels follow their rows
+    if problem == "binary":  # each fold keeps the class balance to within a sample
+        shares = [y[list(map(int, h))].sum() for h in held[1:]]
+        assert max(shares) - min(shares) <= 1
+
+
+def test_pooled_metrics_equal_the_metrics_of_the_union() -> None:
+    errors = [np.array([1.0, -2.0]), np.array([3.0, 0.0, -1.0])]
+
+    def metrics(e: np.ndarray) -> dict[str, float]:
+        return {"val_rmse": float(np.sqrt(np.mean(e**2))), "val_mae": float(np.mean(np.abs(e)))}
+
+    pooled = pooled_metrics([(metrics(e), len(e)) for e in errors])
+    assert pooled == pytest.approx(metrics(np.concatenate(errors)))

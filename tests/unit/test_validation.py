@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelyard.config import TaskSettings, parse_settings
 from modelyard.data.validation import ValidationFailed, ValidationReport, validate_frame
@@ -160,3 +162,37 @@ def test_to_dict_is_json_serialisable(bad_values, bad_shape):
 def test_importing_the_module_does_not_import_great_expectations():
     code = "import sys, modelyard.data.validation; sys.exit('great_expectations' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def unbounded_task() -> TaskSettings:
+    columns = {"x": {"type": "number"}, "label": {"type": "category", "categories": ["no", "yes"]}}
+    raw = {
+        "tasks": {
+            "t": {"source": {"path": "t.csv"}, "target": "label", "problem": "binary", "schema": {"columns": columns}}
+        }
+    }
+    return parse_settings(raw).task("t")
+
+
+def test_a_one_class_target_and_overflowing_numbers_fail():
+    frame = pd.DataFrame({"x": [1.0, np.inf, -1e308, 2.0, 1e19, -np.inf], "label": ["yes"] * 6})
+    failures = failures_by_column(validate_frame(frame, unbounded_task()))
+    [target] = failures["label"]
+    assert target["problem"] == "the target has 1 class(es) in the data; a binary classifier needs rows of at least two"
+    [numbers] = failures["x"]
+    assert numbers["problem"].startswith("4 value(s)") and "infinite or beyond ±1e+18" in numbers["problem"]
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    st.lists(st.floats(min_value=-1e18, max_value=1e18), min_size=2, max_size=6),
+    st.lists(st.one_of(st.floats(min_value=1.01e18), st.floats(max_value=-1.01e18)), min_size=1, max_size=3),
+)
+def test_numbers_pass_up_to_the_magnitude_limit_and_fail_beyond(fine: list[float], huge: list[float]):
+    task = unbounded_task()
+    labels = ["no", "yes"] * 5
+    passing = pd.DataFrame({"x": fine, "label": labels[: len(fine)]})
+    assert validate_frame(passing, task).success
+    failing = pd.DataFrame({"x": fine + huge, "label": labels[: len(fine) + len(huge)]})
+    [failure] = failures_by_column(validate_frame(failing, task))["x"]
+    assert failure["problem"].startswith(f"{len(huge)} value(s)")

@@ -8,7 +8,7 @@ from sklearn.model_selection import train_test_split
 
 from modelyard.config import SplitSettings, TaskSettings
 from modelyard.data.sources import SPLIT_MARKER, SPLIT_VALUES, split_marker
-from modelyard.errors import ModelyardError
+from modelyard.errors import DataRejected, ModelyardError
 
 Parts = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
 
@@ -36,6 +36,12 @@ def split_task(frame: pd.DataFrame, task: TaskSettings, seed: int) -> Parts:
             where = f"no row of column {marker!r} is marked {name!r}" if marker else f"from {len(frame)} rows"
             fix = {None: "give the task more rows", SPLIT_MARKER: "give source.path and source.test rows"}
             raise ModelyardError(f"the {name} split is empty ({where})", fix.get(marker, f"mark some rows {name!r}"))
+    if task.problem != "regression" and parts[0][task.target].nunique() < 2:
+        raise DataRejected(
+            f"the train split holds one class of {task.target!r} ({parts[0][task.target].iloc[0]!r}): "
+            "a classifier needs rows of at least two to learn from",
+            "give the data rows of every class in the train split (or more rows of the rare classes)",
+        )
     dropped = [c for c in (SPLIT_MARKER, task.split.column) if c is not None and c in frame.columns]
     return tuple(part.drop(columns=dropped).reset_index(drop=True) for part in parts)
 

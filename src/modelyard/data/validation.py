@@ -33,10 +33,13 @@ import pandas as pd
 
 from modelyard.config import TaskSettings
 from modelyard.data.sources import SPLIT_VALUES, split_marker
-from modelyard.errors import ModelyardError
+from modelyard.errors import DataRejected
 from modelyard.files import atomic_path
 
 N_EXAMPLES = 5
+# Numbers train in float32: beyond this magnitude a value (or its square, in scaling) is
+# infinite or all precision is gone, so it is an error in the data, not a value to learn from.
+MAX_MAGNITUDE = 1e18
 PIXEL_MAX = 255
 BLANK = r"^\s*$"
 DATETIME_TYPES = ["datetime64", "datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]", "Timestamp"]
@@ -87,10 +90,8 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-class ValidationFailed(ModelyardError):
+class ValidationFailed(DataRejected):
     """Raised by callers when a task's data does not match its declared schema (exit code 3)."""
-
-    exit_code = 3
 
     def __init__(self, report: ValidationReport, task_name: str) -> None:
         super().__init__(
@@ -116,6 +117,9 @@ def build_expectations(task: TaskSettings) -> list:
             expectations.append(exp.ExpectColumnValuesToBeInTypeList(column=name, type_list=DATETIME_TYPES))
         else:
             expectations.append(exp.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES))
+            expectations.append(
+                exp.ExpectColumnValuesToBeBetween(column=name, min_value=-MAX_MAGNITUDE, max_value=MAX_MAGNITUDE)
+            )
         if column.type == "text":
             expectations.append(exp.ExpectColumnValuesToNotMatchRegex(column=name, regex=BLANK))
         if column.min is not None or column.max is not None:
@@ -136,8 +140,8 @@ def build_expectations(task: TaskSettings) -> list:
 
 
 def _kind_expectations(task: TaskSettings) -> list:
-    """Checks an image, series or text task adds: image shape and value range, one class
-    at least per declared category, time in increasing order."""
+    """Checks the task's kind adds: two classes at least for a classifier; image shape and
+    value range, one row at least per declared category, time in increasing order."""
     import great_expectations as gx
 
     exp = gx.expectations
@@ -150,6 +154,8 @@ def _kind_expectations(task: TaskSettings) -> list:
                 found.append(exp.ExpectColumnValuesToBeBetween(column=name, min_value=declared, max_value=declared))
         found.append(exp.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0))
         found.append(exp.ExpectColumnValuesToBeBetween(column="pixel_max", max_value=PIXEL_MAX))
+    if task.problem != "regression":  # a classifier learns nothing from one class
+        found.append(exp.ExpectColumnUniqueValueCountToBeBetween(column=task.target, min_value=2))
     categories = task.schema_.columns[task.target].categories
     if task.kind in ("images", "text") and categories:
         found.append(exp.ExpectColumnDistinctValuesToContainSet(column=task.target, value_set=list(categories)))
@@ -333,6 +339,11 @@ def _failure(result: Any, frame: pd.DataFrame, task: TaskSettings) -> dict:
         problem = f"{share} are empty or blank texts"
     elif kind == "expect_column_values_to_be_increasing":
         problem = f"{share} are not later than the row before (times must increase, without repeats)"
+    elif kind == "expect_column_unique_value_count_to_be_between" and column == task.target:
+        problem = (
+            f"the target has {info.get('observed_value')} class(es) in the data; "
+            f"a {task.problem} classifier needs rows of at least two"
+        )
     elif kind == "expect_column_unique_value_count_to_be_between":
         problem = f"the images come in {info.get('observed_value')} different {column}s; give images of one size"
     elif kind == "expect_column_distinct_values_to_contain_set":
@@ -343,6 +354,8 @@ def _failure(result: Any, frame: pd.DataFrame, task: TaskSettings) -> dict:
             problem = f"no row is marked {' or '.join(map(str, absent))}; a fixed split needs train and test rows"
         else:
             problem = f"declared class(es) with no rows: {', '.join(map(str, absent))}"
+    elif kind == "expect_column_values_to_be_between" and kwargs.get("max_value") == MAX_MAGNITUDE:
+        problem = f"{share} are infinite or beyond ±{MAX_MAGNITUDE:.0e}, too large to train on"
     elif kind == "expect_column_values_to_be_between":
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         bounds = f"[{_num(low)}, {_num(high)}]" if low is not None and high is not None else None
