@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelyard.errors import ModelyardError
+from modelyard.redaction import redact
 
 Problem = Literal["binary", "multiclass", "regression"]
 # Below this many validation samples, a classifier's epochs, trials and final models are
@@ -141,6 +142,21 @@ class SourceSettings(Frozen):
             codecs.lookup(value)
         except LookupError:
             raise ValueError(f"unknown text encoding {value!r}; e.g. utf-8, latin-1, cp1252") from None
+        return value
+
+    @field_validator("path", "test", "labels")
+    @classmethod
+    def _inside_data(cls, value: str | None) -> str | None:
+        """Sources lie under the repository's data/ folder, given relative to the repository:
+        DVC watches that folder, so a file elsewhere could change without any stage rerunning."""
+        if value is None:
+            return value
+        parts = Path(value).parts
+        if Path(value).is_absolute() or ".." in parts or not parts or parts[0] != "data":
+            raise ValueError(
+                f"{value!r} is not under data/: give a path relative to the repository inside data/, "
+                "e.g. data/sources/<file> (copy or link the file there; `modelyard add` does it)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -344,6 +360,17 @@ class TuneSettings(Frozen):
     storage: str | None = None
     default_space: bool = True
     search_space: dict[str, Distribution] = {}
+
+    @field_validator("storage")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        """params.yaml is committed, copied into dvc.lock and shown by `dvc params diff`."""
+        if value is not None and redact(value) != value:
+            raise ValueError(
+                f"{redact(value)} holds a password; leave it out of params.yaml and give it to the "
+                "driver instead: the PGPASSWORD environment variable or ~/.pgpass"
+            )
+        return value
 
     @model_validator(mode="after")
     def _known_hparams(self) -> TuneSettings:

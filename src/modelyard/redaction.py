@@ -11,11 +11,18 @@ import re
 
 MASK = "***"
 
-# scheme://user:password@host: the password runs to the last "@" of the URL (an unescaped
-# "@" inside a password is redacted too, at worst with part of the host).
-_USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*):(?P<password>[^\s'\"]*)@")
-# libpq-style `?password=...` / `&password=...` query parameters.
-_QUERY = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)(?P<password>[^&\s'\"]*)", re.IGNORECASE)
+# scheme://user:password@host: the password runs, quotes and spaces included, to the first
+# "@" on the line that is followed by a host name and the end of the host part; an "@"
+# inside a password is taken as part of it, and at worst part of the host is masked too.
+_USERINFO = re.compile(
+    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*):(?P<password>[^\n]*?)@"
+    r"(?=[\w.\-\[\]%]+(?:[:/?#\s'\"]|$))"
+)
+# `password=...` as a URL query parameter or a libpq keyword, bare or quoted.
+_QUERY = re.compile(
+    r"(?P<head>(?:[?&]|\b)(?:password|passwd|pwd)\s*=\s*)(?P<password>'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^&\s'\"]*)",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:

@@ -20,7 +20,9 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from modelyard.errors import ModelyardError
 from modelyard.paths import home_root
+from modelyard.redaction import redact
 
 TAG_TASK = "modelyard.task"
 TAG_FAMILY = "modelyard.family"
@@ -29,6 +31,7 @@ TAG_STUDY = "modelyard.study"
 TAG_TRIAL_STATE = "modelyard.trial_state"
 PARENT_TAG = "mlflow.parentRunId"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+TRACKING_TIMEOUT_S = 10
 
 
 def driver_url(url: str) -> str:
@@ -44,11 +47,41 @@ def tracking_uri(root: Path) -> str:
 
 
 def connect(root: Path) -> MlflowClient:
-    """Point MLflow (tracking and registry) at the project's store and return a client."""
+    """Point MLflow (tracking and registry) at the project's store and return a client,
+    once the store has answered: an unreachable server or database is a clear error after
+    `MODELYARD_TRACKING_TIMEOUT` seconds (default 10), not minutes of silent retries."""
     uri = tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(uri, uri)
+    timeout = os.environ.get("MODELYARD_TRACKING_TIMEOUT", str(TRACKING_TIMEOUT_S))
+    try:
+        if float(timeout) <= 0:
+            raise ValueError
+    except ValueError:
+        raise ModelyardError(
+            f"MODELYARD_TRACKING_TIMEOUT={timeout!r} is not a number of seconds", "set it to e.g. 10, or unset it"
+        ) from None
+    # MLflow's own settings win where the user set them; a child process inherits these.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(round(float(timeout))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("PGCONNECT_TIMEOUT", str(max(2, round(float(timeout)))))  # libpq, for PostgreSQL stores
+    try:
+        if not uri.startswith(("http://", "https://", "sqlite:", "file:", "databricks")):
+            # MLflow retries a database connection for about 100 s, whatever the timeout.
+            import sqlalchemy
+
+            sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool).connect().close()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        client = MlflowClient(uri, uri)
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # HTTP, SQLAlchemy and driver errors all mean: no store there
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip() and "sqlalche.me" not in line]
+        reason = (lines or [""])[0][:300]
+        raise ModelyardError(
+            redact(f"cannot reach the MLflow store {uri}: {type(exc).__name__}: {reason}"),
+            "start the tracking server or database, or point MLFLOW_TRACKING_URI at one that runs "
+            "(unset it for the embedded store); MODELYARD_TRACKING_TIMEOUT sets the wait in seconds",
+        ) from None
+    return client
 
 
 def experiment_id(client: MlflowClient, root: Path, task: str) -> str:
@@ -129,10 +162,13 @@ def start_run(
     return Run(client, created.info.run_id)
 
 
-def find_run(client: MlflowClient, experiment: str, tag: str, value: str) -> Run | None:
-    """The newest run of the experiment whose `tag` equals `value`, if any."""
+def find_run(client: MlflowClient, experiment: str, tags: dict[str, str]) -> Run | None:
+    """The newest run of the experiment that carries every one of `tags`, if any."""
     found = client.search_runs(
-        [experiment], filter_string=f"tags.`{tag}` = '{value}'", order_by=["attributes.start_time DESC"], max_results=1
+        [experiment],
+        filter_string=" and ".join(f"tags.`{name}` = '{value}'" for name, value in tags.items()),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     return Run(client, found[0].info.run_id) if found else None
 

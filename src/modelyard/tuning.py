@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import optuna
@@ -72,6 +73,7 @@ from modelyard.training import FitOptions, TrainingDiverged, fit, save_checkpoin
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 TAG_TRIAL = "modelyard.trial"  # "<study>/<trial number>" on each child run
+TAG_STORE = "modelyard.optuna_store"  # `store_identity` of the study's storage, on parent and trials
 TAG_FAIL_REASON = "modelyard.fail_reason"
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 40
@@ -314,7 +316,7 @@ def close_trial_run(client, experiment: str, study_name: str, trial: FrozenTrial
         run_id = trial.user_attrs.get("mlflow_run_id")
         run = tracking.Run(client, run_id) if run_id else None
         if run is None:
-            run = tracking.find_run(client, experiment, TAG_TRIAL, f"{study_name}/{trial.number}")
+            run = tracking.find_run(client, experiment, {TAG_TRIAL: f"{study_name}/{trial.number}"})
         if run is None:
             return
         run.set_tags({tracking.TAG_TRIAL_STATE: "FAIL", TAG_FAIL_REASON: reason})
@@ -582,13 +584,22 @@ def run_workers(setup: StudySetup, n_workers: int) -> list[int]:
     return [process.exitcode for process in processes]
 
 
+def store_identity(url: str | None) -> str:
+    """Which Optuna store a study lives in, the same from every machine that joins it: the
+    journal file, or the URL's backend and database (no host or user, which may differ)."""
+    if not url:
+        return "journal"
+    parts = urlsplit(url)
+    return f"{parts.scheme.split('+')[0]}:{parts.path.lstrip('/')}"
+
+
 def _parent_run(client, experiment: str, setup_tags: dict[str, str], study_name: str, params: dict) -> tracking.Run:
-    """The study's parent run: found by its study tag, or created (with `params`) by the first command."""
-    parent = tracking.find_run(client, experiment, tracking.TAG_STUDY, study_name)
+    """The study's parent run: found by its study and store tags, or created (with `params`)
+    by the first command. A study of the same name in another store has a parent of its own."""
+    identity = {tracking.TAG_STUDY: study_name, TAG_STORE: setup_tags[TAG_STORE]}
+    parent = tracking.find_run(client, experiment, identity)
     if parent is None:
-        parent = tracking.start_run(
-            client, experiment, f"study-{study_name}", {**setup_tags, tracking.TAG_STUDY: study_name}
-        )
+        parent = tracking.start_run(client, experiment, f"study-{study_name}", {**setup_tags, **identity})
         parent.log_params(params)
         return parent
     return tracking.resume(parent)
@@ -641,6 +652,7 @@ def run_study(
         "storage": storage_label(storage_url, journal),
         **{f"space.{name}": describe(dist) for name, dist in settings.search_space.items()},
     }
+    tags = {**tags, TAG_STORE: store_identity(storage_url)}
     parent = _parent_run(client, experiment, tags, study_name, params)
     setup = StudySetup(
         task_name=task_name,

@@ -22,6 +22,8 @@ import optuna
 import pytest
 import torch
 import yaml
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -404,10 +406,24 @@ def test_failed_model_logging_keeps_the_previous_model(trained_copy: Path, monke
         ("postgresql://tuner@db/optuna", "postgresql://tuner@db/optuna"),
         ("models:/toy@champion", "models:/toy@champion"),
         ("sqlite:////tmp/optuna.db", "sqlite:////tmp/optuna.db"),
+        ("postgresql://u:pa'ss@host/db", "postgresql://u:***@host/db"),  # a quote in the password
+        ("x 'postgresql://u:pa ss@host/db' y", "x 'postgresql://u:***@host/db' y"),  # a space
+        ("postgresql://u:pa%27s%40s@host/db", "postgresql://u:***@host/db"),  # percent-encoded
+        ("host=db password='pa ss' user=u", "host=db password=*** user=u"),  # libpq keywords, quoted
+        ("postgresql://h/db?password=x%20y", "postgresql://h/db?password=***"),
     ],
 )
 def test_redact_replaces_passwords_only(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), min_size=4, max_size=24))
+def test_no_password_survives_redaction(password: str) -> None:
+    url = f"postgresql://tuner:{password}@db:5432/optuna"
+    assume(password not in "postgresql://tuner:***@db:5432/optuna")
+    for text in (f"cannot reach {url} now", f"'{url}'", f"host=db password='{password}'"):
+        assert password not in redact(text)
 
 
 def test_storage_error_does_not_show_the_password(tmp_path: Path) -> None:
@@ -431,3 +447,16 @@ def test_tune_with_an_unreachable_storage_is_one_clean_error(
     assert "tuner:***@127.0.0.1:1/optuna" in err and "fix:" in err
     assert all("s3cret" not in json.dumps([r.data.params, r.data.tags]) for r in runs_of(MlflowClient()))
     assert not os.path.exists(root / "data" / "toy" / "best_params.json")
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:1", "postgresql://tuner:s3cret@127.0.0.1:1/mlflow"])
+def test_an_unreachable_tracking_store_is_one_clean_error(
+    template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, uri: str
+) -> None:
+    root = copy_project(template, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MODELYARD_TRACKING_TIMEOUT", "2")
+    assert main(["history", "--task", "toy", "--params", str(root / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the MLflow store" in err and "127.0.0.1" in err and "MLFLOW_TRACKING_URI" in err
+    assert "s3cret" not in err and "Traceback" not in err

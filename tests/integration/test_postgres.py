@@ -291,3 +291,22 @@ def test_a_study_through_the_mlflow_server(
     assert parent.data.metrics["best_val_loss"] == pytest.approx(study.best_value)
     history = client.get_metric_history(trials[0].user_attrs["mlflow_run_id"], "val_loss")
     assert [m.step for m in history] == list(range(len(history))) and history
+
+
+def test_the_same_study_in_the_journal_and_in_postgresql_has_two_parent_runs(
+    template: Path, tmp_path: Path, optuna_db: str, mlflow_db: str
+) -> None:
+    journal_root = copy_project(template, tmp_path / "journal", tune={"n_trials": 2})
+    STAGES["tune"](context(journal_root))
+    shared_root = copy_project(template, tmp_path / "shared", tune={"n_trials": 2, "storage": pg_url(optuna_db)})
+    STAGES["tune"](context(shared_root))
+
+    parents = [r for r in runs_of(MlflowClient()) if "modelyard.study" in r.data.tags]
+    assert len({p.data.tags["modelyard.study"] for p in parents}) == 1  # one study name ...
+    assert sorted(p.data.tags["modelyard.optuna_store"] for p in parents) == ["journal", f"postgresql:{optuna_db}"]
+    for parent in parents:  # ... and each store's parent has its own two trials and its own storage param
+        children = [r for r in runs_of(MlflowClient()) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
+        assert parent.data.params["storage"].startswith(
+            "journal:" if "journal" in parent.data.tags["modelyard.optuna_store"] else "postgresql"
+        )

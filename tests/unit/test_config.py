@@ -164,7 +164,7 @@ def test_yaml_1e_minus_3_is_read_as_a_float(tmp_path: Path) -> None:
     text = """
 tasks:
   tiny:
-    source: {path: tiny.csv}
+    source: {path: data/tiny.csv}
     target: y
     problem: regression
     schema:
@@ -243,7 +243,7 @@ def target_encoder_on_multiclass(raw: dict) -> None:
             ],
         ),
         (
-            lambda r: adult(r)["source"].update(path="adult.csv"),
+            lambda r: adult(r)["source"].update(path="data/adult.csv"),
             ["tasks.adult.source:", "exactly one of 'builtin'", "or 'path'"],
         ),
         (lambda r: adult(r).update(source={}), ["tasks.adult.source:", "exactly one of 'builtin'"]),
@@ -268,6 +268,18 @@ def target_encoder_on_multiclass(raw: dict) -> None:
         ),
         (lambda r: adult(r)["registry"].update(confidence=1.0), ["registry.confidence:", "less than 1"]),
         (lambda r: adult(r)["registry"].update(min_improvement=-0.1), ["registry.min_improvement:"]),
+        (
+            lambda r: adult(r).update(source={"path": "/tmp/adult.csv"}),
+            ["tasks.adult.source.path:", "'/tmp/adult.csv' is not under data/", "data/sources/<file>"],
+        ),
+        (
+            lambda r: adult(r).update(source={"path": "data/../../adult.csv"}),
+            ["tasks.adult.source.path:", "is not under data/"],
+        ),
+        (
+            lambda r: adult(r)["tune"].update(storage="postgresql://tuner:pa'ss word@db/optuna"),
+            ["tasks.adult.tune.storage:", "holds a password", "PGPASSWORD", "postgresql://tuner:***@db/optuna"],
+        ),
     ],
     ids=[
         "target_missing",
@@ -293,6 +305,9 @@ def target_encoder_on_multiclass(raw: dict) -> None:
         "text_settings_on_ann",
         "confidence_of_one",
         "negative_min_improvement",
+        "absolute_source",
+        "source_climbing_out",
+        "password_in_storage",
     ],
 )
 def test_inconsistent_task_is_a_clear_error(raw: dict, edit: Callable[[dict], None], fragments: list[str]) -> None:

@@ -222,7 +222,7 @@ def test_build_preprocessor_uses_schema_columns_except_target() -> None:
     raw = {
         "tasks": {
             "tiny": {
-                "source": {"path": "tiny.csv"},
+                "source": {"path": "data/tiny.csv"},
                 "target": "label",
                 "problem": "binary",
                 "schema": {

@@ -29,7 +29,7 @@ def sequence_task(**overrides: object) -> TaskSettings:
         "label": {"type": "category", "categories": ["a", "b"]},
     }
     entry = {
-        "source": {"path": "s.csv"},
+        "source": {"path": "data/s.csv"},
         "target": "label",
         "problem": "binary",
         "family": "lstm",

@@ -33,7 +33,7 @@ def task() -> TaskSettings:
             "label": {"type": "category", "categories": ["no", "yes"], "max_null_fraction": 0.5},
         },
     }
-    raw = {"tasks": {"t": {"source": {"path": "t.csv"}, "target": "label", "problem": "binary", "schema": schema}}}
+    raw = {"tasks": {"t": {"source": {"path": "data/t.csv"}, "target": "label", "problem": "binary", "schema": schema}}}
     return parse_settings(raw).task("t")
 
 
@@ -166,12 +166,8 @@ def test_importing_the_module_does_not_import_great_expectations():
 
 def unbounded_task() -> TaskSettings:
     columns = {"x": {"type": "number"}, "label": {"type": "category", "categories": ["no", "yes"]}}
-    raw = {
-        "tasks": {
-            "t": {"source": {"path": "t.csv"}, "target": "label", "problem": "binary", "schema": {"columns": columns}}
-        }
-    }
-    return parse_settings(raw).task("t")
+    entry = {"source": {"path": "data/t.csv"}, "target": "label", "problem": "binary", "schema": {"columns": columns}}
+    return parse_settings({"tasks": {"t": entry}}).task("t")
 
 
 def test_a_one_class_target_and_overflowing_numbers_fail():
