@@ -392,6 +392,20 @@ def rollback(
         return {"champion": int(target), "previous": int(current_version), "reason": reason}
 
 
+def _check_numbers(data: pd.DataFrame, schema, input_path: Path) -> None:
+    """Each column the model signs as a number holds numbers (or blanks): an error names the
+    column and how many values are not, never the values (they are the user's data)."""
+    numeric = {spec.name for spec in schema.inputs if spec.type.name in ("double", "float", "long", "integer")}
+    for name in (c for c in data.columns if c in numeric):
+        values = data[name]
+        bad = int((pd.to_numeric(values, errors="coerce").isna() & values.notna()).sum())
+        if bad:
+            raise ModelyardError(
+                f"{input_path}: column {name!r} holds {bad} value(s) that are not numbers",
+                f"give numbers in {name!r} (a blank cell is a missing value, which the model handles)",
+            )
+
+
 def predict_file(
     root: Path, settings: Settings, task_name: str, input_path: Path, output_path: Path, version: int | None = None
 ) -> int:
@@ -414,6 +428,8 @@ def predict_file(
         data = read_unlabelled_images(input_path).astype(np.float32)
     else:
         rows = read_table(input_path).reset_index(drop=True)
+        if rows.empty:
+            raise ModelyardError(f"{input_path} holds no rows", "give a file with a header and at least one row")
         data = conform(rows, task.schema_)
     client = tracking.connect(root)
     which = f"version {version}" if version else "champion"
@@ -435,13 +451,18 @@ def predict_file(
                 f"the model reads: {', '.join(expected)}",
             )
         data = data[expected]
+        _check_numbers(data, model.metadata.get_input_schema(), input_path)
     try:
-        predictions = model.predict(data)
-    except Exception as exc:
+        # The bundle itself, not the pyfunc wrapper: MLflow's signature check rejects a whole
+        # batch for one blank cell in an integer column, which the bundle imputes.
+        predictions = registry.bundle_of(model).predict(data)
+    except ModelyardError:
+        raise
+    except Exception as exc:  # its message may quote the input rows: only the type is shown
         raise ModelyardError(
-            f"the {which} of model {task_name} could not score {input_path}: {str(exc).strip()[:2000]}",
-            "check the column types against the model's signature (modelyard history shows its version)",
-        ) from None
+            f"the {which} of model {task_name} could not score {input_path} ({type(exc).__name__})",
+            "check the column types against the model's signature; --debug shows the full error",
+        ) from exc
     if rows is not None and task.kind in ("tabular", "text"):
         result = pd.concat([rows, predictions.add_prefix("predicted_")], axis=1)
     else:

@@ -282,17 +282,27 @@ def test_predict_scores_raw_rows_and_checks_columns(
 ) -> None:
     root = clone(noise_champion, tmp_path, monkeypatch)
     rows = toy_frame(n_rows=25, seed=5).drop(columns=["label"])
+    rows.loc[0, "x2"] = None  # a missing cell in an integer column is imputed, not a rejected batch
     rows.to_csv(tmp_path / "rows.csv", index=False)
     assert cli(root, "predict", "--input", str(tmp_path / "rows.csv"), "--output", str(tmp_path / "out.csv")) == 0
     scored = pd.read_csv(tmp_path / "out.csv")
     assert len(scored) == 25 and list(scored.columns[:4]) == list(rows.columns)
     assert set(scored["predicted_label"]) <= {"yes", "no"}
     assert scored["predicted_probability"].between(0, 1).all()
-    rows.drop(columns=["x1"]).to_csv(tmp_path / "partial.csv", index=False)
-    code = cli(root, "predict", "--input", str(tmp_path / "partial.csv"), "--output", str(tmp_path / "never.csv"))
-    assert code == 2
-    assert "lacks column(s) the model needs: x1" in capsys.readouterr().err
-    assert not (tmp_path / "never.csv").exists()
+
+    def refused(frame: pd.DataFrame) -> str:
+        frame.to_csv(tmp_path / "bad.csv", index=False)
+        code = cli(root, "predict", "--input", str(tmp_path / "bad.csv"), "--output", str(tmp_path / "never.csv"))
+        assert code == 2 and not (tmp_path / "never.csv").exists()
+        return capsys.readouterr().err
+
+    assert "lacks column(s) the model needs: x1" in refused(rows.drop(columns=["x1"]))
+    assert "holds no rows" in refused(rows.head(0))
+    typo = rows.astype({"x2": object})
+    typo.loc[3, "x2"] = "seventy-two"
+    err = refused(typo)
+    assert "column 'x2' holds 1 value(s) that are not numbers" in err
+    assert "seventy-two" not in err and "Traceback" not in err  # the user's data stays out of logs
 
 
 def free_port() -> int:
