@@ -4,8 +4,10 @@ a new task inferred from a table.
 
 Exit codes: 0 done; 2 bad input (params, data, files; the message says how to fix it);
 3 data failed validation; 1 an unexpected error (rerun with --debug for the traceback);
-130 interrupted. `retrain` adds: 0 promoted, 10 kept the champion, 11 up to date,
-4 training failed, 5 lock timeout (another job held the task's lock too long).
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM: a service stop, a cancelled CI job);
+either way the command's MLflow runs end KILLED or FAILED. `retrain` adds: 0 promoted,
+10 kept the champion, 11 up to date, 4 training failed, 5 lock timeout (another job held the
+task's lock too long).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -176,6 +180,7 @@ def run_add(args: argparse.Namespace, root: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from modelyard.config import load_settings
+    from modelyard.files import remove_stale_temporaries
     from modelyard.paths import find_root
     from modelyard.stages import STAGES, Context
 
@@ -192,14 +197,27 @@ def run(args: argparse.Namespace) -> int:
             settings = override_storage(settings, args.storage)
     for task_name in args.task or list(settings.tasks):
         settings.task(task_name)
-        STAGES[args.command](Context(root, settings, task_name), **options)
+        ctx = Context(root, settings, task_name)
+        remove_stale_temporaries(ctx.paths.dir)  # what a killed earlier run left half-written
+        STAGES[args.command](ctx, **options)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so it unwinds as an interrupt does: every open
+    MLflow run is ended and no half-written output is left."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         quiet_libraries()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = run(args)
     except ModelyardError as exc:
@@ -207,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(redact(f"error: {exc}"), file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

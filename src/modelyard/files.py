@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+STALE = re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)$")  # `atomic_path`'s names for its copies
 
 
 @contextmanager
@@ -40,6 +43,33 @@ def move_over(source_dir: Path, target_dir: Path) -> None:
         with atomic_path(target_dir / entry.name) as temporary:
             entry.rename(temporary)
     _remove(source_dir)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host still runs (a zombie does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True  # no /proc (macOS): the signal check is all there is
+    return "\nState:\tZ" not in status
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove what `atomic_path` left in `folder` when its process was killed outright
+    (kill -9 cannot be caught): the temporary and old copies named after a dead process."""
+    removed = []
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        found = STALE.match(entry.name)
+        if found and not process_alive(int(found["pid"])):
+            _remove(entry)
+            removed.append(entry)
+    return removed
 
 
 def _remove(path: Path) -> None:

@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 
 from modelyard import registry, tracking
-from modelyard.config import Settings, SourceSettings
+from modelyard.config import TABLE_SUFFIXES, Settings
 from modelyard.console import say
 from modelyard.data.sources import conform, frame_hash, read_table, read_task_frame
 from modelyard.errors import DataRejected, ModelyardError
-from modelyard.files import atomic_path, move_over, write_json
+from modelyard.files import atomic_path, move_over, remove_stale_temporaries, write_json
 from modelyard.paths import TaskPaths
 from modelyard.stages import STAGES, Context, register_model, tune
 
@@ -133,10 +133,12 @@ def input_versions(ctx: Context) -> dict[str, str]:
 def with_source(settings: Settings, task_name: str, data: Path) -> Settings:
     """Settings whose task reads `data` (the `--data` option) instead of its own source."""
     task = settings.task(task_name)
-    try:
-        source = SourceSettings(path=str(data.resolve()), na_values=task.source.na_values)
-    except ValueError:
-        raise ModelyardError(f"--data {data}: not a .csv or .parquet file", "pass a CSV or Parquet file") from None
+    if data.suffix.lower() not in TABLE_SUFFIXES:
+        raise ModelyardError(f"--data {data}: not a .csv or .parquet file", "pass a CSV or Parquet file")
+    # Unlike params.yaml's sources, --data may lie anywhere (a dated drop folder): the retrain
+    # reads it once and records its content hash. The task's CSV dialect still applies.
+    update = {"path": str(data.resolve()), "builtin": None, "test": None, "labels": None}
+    source = task.source.model_copy(update=update)
     tasks = {**settings.tasks, task_name: task.model_copy(update={"source": source})}
     return settings.model_copy(update={"tasks": tasks})
 
@@ -224,6 +226,7 @@ def retrain(
         )
         run.log_params({"source": str(data or ctx.task.source.path or ctx.task.source.builtin), "trigger": reason})
         shutil.rmtree(ctx.staging, ignore_errors=True)  # what a killed retrain left
+        remove_stale_temporaries(TaskPaths(root, task_name).dir)
         try:
             outcome = _retrain_steps(ctx, client, run, workers)
             move_over(ctx.staging, TaskPaths(root, task_name).dir)
@@ -311,7 +314,8 @@ def history(root: Path, task_name: str) -> list[dict[str, str]]:
             {
                 "time": datetime.fromtimestamp(found.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
                 "event": tags.get(registry.TAG_EVENT, ""),
-                "outcome": tags.get(registry.TAG_OUTCOME, "running"),
+                "outcome": tags.get(registry.TAG_OUTCOME)
+                or ("running" if found.info.status == "RUNNING" else found.info.status.lower()),
                 "champion": tags.get(registry.TAG_CHAMPION, "-"),
                 "candidate": tags.get(registry.TAG_CANDIDATE, "-"),
                 "reason": tags.get(registry.TAG_REASON, ""),

@@ -575,6 +575,7 @@ def evaluate(ctx: Context) -> None:
         for name, table in tables.items():
             table.to_csv(temporary / f"{name}.csv", index=False)
     client = tracking.connect(ctx.root)
+    tracking.experiment_id(client, ctx.root, ctx.task_name)  # closes runs a killed command left open
     run = tracking.Run(client, read_json(ctx.need(ctx.paths.train_summary, "train"))["run_id"])
     run.log_metrics(metrics)
     for name, figure in plot_tables(tables).items():

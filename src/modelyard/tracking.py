@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from modelyard.errors import ModelyardError
+from modelyard.files import process_alive
 from modelyard.paths import home_root
 from modelyard.redaction import redact
 
@@ -32,6 +34,9 @@ TAG_TRIAL_STATE = "modelyard.trial_state"
 PARENT_TAG = "mlflow.parentRunId"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 TRACKING_TIMEOUT_S = 10
+TAG_HOST = "modelyard.host"  # the machine and process that opened a run, to tell a dead one
+TAG_PID = "modelyard.pid"
+TAG_END_REASON = "modelyard.end_reason"
 
 
 def driver_url(url: str) -> str:
@@ -85,13 +90,15 @@ def connect(root: Path) -> MlflowClient:
 
 
 def experiment_id(client: MlflowClient, root: Path, task: str) -> str:
-    """The task's experiment (one per task), created on first use.
+    """The task's experiment (one per task), created on first use; runs that a dead process
+    of this host left RUNNING are closed first (`close_dead_runs`).
 
     With a database store (the embedded sqlite, or PostgreSQL) its artifacts go to
     `<checkout>/mlruns/<task>`; a tracking server chooses its own artifact root.
     """
     found = client.get_experiment_by_name(task)
     if found is not None:
+        close_dead_runs(client, found.experiment_id)
         return found.experiment_id
     location = None
     if not tracking_uri(root).startswith(("http://", "https://")):
@@ -155,11 +162,38 @@ def start_run(
     client: MlflowClient, experiment: str, name: str, tags: Mapping[str, str], parent: Run | None = None
 ) -> Run:
     """A new run (a child of `parent` when given) with its tags set."""
-    all_tags = dict(tags)
+    all_tags = {**tags, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
     if parent is not None:
         all_tags[PARENT_TAG] = parent.run_id
     created = client.create_run(experiment, run_name=name, tags=all_tags)
     return Run(client, created.info.run_id)
+
+
+def close_dead_runs(client: MlflowClient, experiment: str) -> list[str]:
+    """End as FAILED the runs a process of this host left RUNNING and no longer runs (kill -9,
+    a crash, a power cut), with the reason as a tag, and fail their PENDING logged models;
+    returns their ids. A study's parent run is left to the study, which other hosts join."""
+    host = socket.gethostname()
+    found = client.search_runs(
+        [experiment], filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'", max_results=500
+    )
+    dead = [
+        run
+        for run in found
+        if TAG_STUDY not in run.data.tags
+        and int(run.data.tags.get(TAG_PID, "0")) != os.getpid()
+        and not process_alive(int(run.data.tags.get(TAG_PID, "0")))
+    ]
+    for run in dead:
+        pid = run.data.tags.get(TAG_PID)
+        client.set_tag(run.info.run_id, TAG_END_REASON, f"process {pid} on {host} ended without closing the run")
+        client.set_terminated(run.info.run_id, "FAILED")
+    ids = {run.info.run_id for run in dead}
+    if ids:
+        for model in client.search_logged_models([experiment], filter_string="status = 'PENDING'"):
+            if model.source_run_id in ids:
+                client.finalize_logged_model(model.model_id, "FAILED")
+    return sorted(ids)
 
 
 def find_run(client: MlflowClient, experiment: str, tags: dict[str, str]) -> Run | None:

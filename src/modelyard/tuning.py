@@ -65,6 +65,7 @@ from modelyard.config import Distribution, Hyperparams, TaskSettings, TuneSettin
 from modelyard.console import say
 from modelyard.errors import ModelyardError
 from modelyard.evaluation import lower_is_better
+from modelyard.files import process_alive
 from modelyard.models import build_model
 from modelyard.redaction import redact
 from modelyard.search_space import describe, space_size
@@ -273,21 +274,6 @@ def load_study(name: str, storage: optuna.storages.BaseStorage, task: TaskSettin
     return study
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether a process of this host still runs (a zombie does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True  # no /proc (macOS): the signal check is all there is
-    return "\nState:\tZ" not in status
-
-
 def worker_gone(trial: FrozenTrial, *, heartbeat: bool) -> bool:
     """Whether the process running a RUNNING trial is known to be gone.
 
@@ -306,7 +292,7 @@ def worker_gone(trial: FrozenTrial, *, heartbeat: bool) -> bool:
         return False
     if owner.get("pid") == me["pid"]:
         return True  # the pid now belongs to this process: the old owner is gone
-    return not _process_alive(int(owner.get("pid", 0)))
+    return not process_alive(int(owner.get("pid", 0)))
 
 
 def close_trial_run(client, experiment: str, study_name: str, trial: FrozenTrial, reason: str) -> None:

@@ -324,7 +324,14 @@ def leftovers(ctx: Context) -> list[str]:
     return [p.name for p in ctx.paths.dir.iterdir() if p.name.startswith((".model.", ".train.json."))]
 
 
-def test_kill_during_train_keeps_the_previous_model(trained_copy: Path, tmp_path: Path) -> None:
+def train_runs(client: MlflowClient) -> list:
+    return [r for r in runs_of(client) if r.info.run_name == "train-toy"]
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_during_train_keeps_the_previous_model_and_ends_its_run(
+    trained_copy: Path, tmp_path: Path, how: signal.Signals
+) -> None:
     root = trained_copy
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["tasks"]["toy"]["train"].update({"max_epochs": 2000, "patience": 2000})
@@ -347,10 +354,23 @@ def test_kill_during_train_keeps_the_previous_model(trained_copy: Path, tmp_path
             seen.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
             assert seen[-1] is not None, "train ended before it could be killed:\n" + "".join(seen[:-1])
     finally:
-        kill(process)
+        process.send_signal(how)
+        code = process.wait(timeout=60)
     assert model_files(ctx) == before
     assert ctx.paths.train_summary.read_text() == summary
     assert champion() == "1"
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # this test's store copy
+    [run] = [r for r in train_runs(client) if r.data.tags["modelyard.pid"] == str(process.pid)]
+    if how == signal.SIGTERM:  # caught: the run ends FAILED and nothing half-written is left
+        assert code == 143 and run.info.status == "FAILED" and not leftovers(ctx)
+        return
+    # kill -9 cannot be caught: the run stays RUNNING, and a half-written model may stay behind
+    # until the next command, which sees that the process is gone and cleans up after it
+    assert run.info.status == "RUNNING"
+    (ctx.paths.dir / f".model.tmp-{process.pid}").mkdir(exist_ok=True)
+    assert main(["evaluate", "--task", "toy", "--params", str(root / "params.yaml")]) == 0
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FAILED" and f"process {process.pid}" in run.data.tags["modelyard.end_reason"]
     assert not leftovers(ctx)
 
 

@@ -173,9 +173,11 @@ def test_a_worse_model_keeps_the_champion(promoted: Path, tmp_path: Path, monkey
 
 
 def task_files(root: Path) -> dict[str, int]:
-    """data/toy/'s files and their modification times (the retrain lock aside)."""
+    """data/toy/'s stage outputs and their modification times (not the lock, nor the Optuna
+    journal and trial weights: a store that every study, a retrain's too, adds to)."""
     folder = root / "data" / "toy"
-    files = [p for p in folder.rglob("*") if p.is_file() and p.name != "retrain.lock"]
+    kept = ("retrain.lock", "optuna.journal", "trials")
+    files = [p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] not in kept]
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in files}
 
 
@@ -254,6 +256,25 @@ def test_concurrent_retrains_take_turns(promoted: Path, tmp_path: Path, monkeypa
     # One after the other: the second started only once the first had finished.
     assert runs[0].info.start_time >= runs[1].info.end_time
     assert n_versions(client) == 4
+
+
+def test_a_terminated_retrain_ends_its_audit_run_and_keeps_the_champion(
+    promoted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = clone(promoted, tmp_path, monkeypatch, train={"max_epochs": 2000, "patience": 2000})
+    client = MlflowClient()
+    versions, before = n_versions(client), task_files(root)
+    command = [sys.executable, "-m", "modelyard.cli", "retrain", "--task", "toy", "--force"]
+    log = tmp_path / "retrain.log"
+    process = subprocess.Popen(command, cwd=root, stderr=log.open("w"), stdout=subprocess.DEVNULL)
+    wait_for(lambda: "train toy epoch" in log.read_text(), 300, "the retrain to reach training")
+    process.send_signal(signal.SIGTERM)  # what systemd's stop and a cancelled CI job send
+    assert process.wait(timeout=60) == 143, log.read_text()
+    run = retrain_runs(client)[0]
+    assert run.info.status == "KILLED" and run.data.tags["modelyard.outcome"] == "interrupted"
+    assert lifecycle.history(root, "toy")[-1]["outcome"] == "interrupted"
+    assert champion(client) == 2 and n_versions(client) == versions
+    assert task_files(root) == before and not (root / "data" / ".retrain-toy").exists()
 
 
 def test_rollback_walks_back_and_is_recorded(
