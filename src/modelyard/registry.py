@@ -7,6 +7,9 @@ new version exists), so a failure at any step leaves it where it was.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -20,6 +23,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from modelyard.bundle import ModelBundle
+from modelyard.errors import ModelyardError
 from modelyard.promotion import Comparison
 
 CHAMPION = "champion"
@@ -34,6 +38,11 @@ TAG_CHAMPION = "modelyard.champion_version"  # champion after the event
 TAG_PREVIOUS = "modelyard.previous_champion"  # champion before the event
 TAG_FALLBACK = "modelyard.fallback_version"  # where a rollback from this champion goes
 TAG_CANDIDATE = "modelyard.candidate_version"
+# SHA-256 over every file of a registered model (weights, pickles, MLmodel, bundled code),
+# taken at registration and kept in the registry's database: a model whose artifacts were
+# changed afterwards (by anyone with access to the artifact store alone) is refused before
+# any of its pickles is loaded.
+TAG_DIGEST = "modelyard.files_sha256"
 RUNTIME_PACKAGES = (
     "torch",
     "pandas",
@@ -100,7 +109,8 @@ def register(
     comparison = judge(f"models:/{name}@{CHAMPION}") if current is not None else None
     promote = comparison is None or comparison.promote
     reason = "first version: no champion yet" if comparison is None else comparison.reason
-    created = mlflow.register_model(model_uri, name, tags={"modelyard.run_id": run_id})
+    digest = files_digest(model_uri)
+    created = mlflow.register_model(model_uri, name, tags={"modelyard.run_id": run_id, TAG_DIGEST: digest})
     for key, value in {
         metric: f"{challenger_value:.6f}",
         "modelyard.decision": "promoted" if promote else "kept champion",
@@ -129,9 +139,54 @@ def set_champion(client: MlflowClient, name: str, version: int) -> None:
     client.set_registered_model_alias(name, CHAMPION, str(version))
 
 
+def tree_digest(folder: Path) -> str:
+    """One SHA-256 over the relative paths and contents of every file under `folder`, but
+    `registered_model_meta`: MLflow writes the version's name and number there on download."""
+    digest = hashlib.sha256()
+    files = (p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder) != Path("registered_model_meta"))
+    for path in sorted(files):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def download(model_uri: str, folder: str) -> Path:
+    """A model's files, as the artifact store holds them, copied under `folder`."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
+
+
+def files_digest(model_uri: str) -> str:
+    """`tree_digest` of a logged model's files."""
+    with tempfile.TemporaryDirectory() as folder:
+        return tree_digest(download(model_uri, folder))
+
+
 def load_champion(name: str, version: int | None = None) -> Any:
-    """The pyfunc model `models:/<name>@champion` (or version `version`)."""
-    return mlflow.pyfunc.load_model(f"models:/{name}/{version}" if version else f"models:/{name}@{CHAMPION}")
+    """The pyfunc model `models:/<name>@champion` (or version `version`), loaded only once its
+    files match the digest recorded when it was registered."""
+    client = MlflowClient()
+    entry = (
+        client.get_model_version(name, str(version)) if version else client.get_model_version_by_alias(name, CHAMPION)
+    )
+    recorded = entry.tags.get(TAG_DIGEST)
+    label = f"model {name} version {entry.version}"
+    if recorded is None:
+        raise ModelyardError(
+            f"{label} has no file digest: it was registered before digests were recorded, or its tag was removed",
+            "register a new version (dvc repro, or modelyard retrain --force) and promote it",
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{entry.version}", dst_path=folder)
+        )
+        if tree_digest(local) != recorded:
+            raise ModelyardError(
+                f"the files of {label} differ from those registered (SHA-256 mismatch): refusing to load them",
+                "someone changed the model's artifacts; check who can write to the artifact store, "
+                "then roll back (modelyard rollback) or register a new version",
+            )
+        return mlflow.pyfunc.load_model(str(local))
 
 
 def bundle_of(model: Any) -> ModelBundle:

@@ -14,11 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import weakref
 from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -480,3 +482,32 @@ def test_an_unreachable_tracking_store_is_one_clean_error(
     err = capsys.readouterr().err
     assert "cannot reach the MLflow store" in err and "127.0.0.1" in err and "MLFLOW_TRACKING_URI" in err
     assert "s3cret" not in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- model files
+
+
+def test_a_champion_whose_files_changed_is_refused_before_unpickling(
+    trained_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    version = client.get_model_version_by_alias("toy", "champion")
+    assert len(version.tags["modelyard.files_sha256"]) == 64  # recorded at registration
+    model_id = version.source.removeprefix("models:/")
+    folder = Path(urllib.parse.urlparse(client.get_logged_model(model_id).artifact_location).path)
+    pickled = folder / "python_model.pkl"
+    original = pickled.read_bytes()
+    tmp_rows = trained_copy / "rows.csv"
+    pd.read_parquet(context(trained_copy).paths.split_file("test")).drop(columns=["label"]).to_csv(
+        tmp_rows, index=False
+    )
+    try:
+        pickled.write_bytes(original + b"\x00")  # what someone with write access to the artifacts could do
+        out = trained_copy / "out.csv"
+        command = ["predict", "--task", "toy", "--params", str(trained_copy / "params.yaml")]
+        assert main([*command, "--input", str(tmp_rows), "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "differ from those registered (SHA-256 mismatch)" in err and not out.exists()
+    finally:
+        pickled.write_bytes(original)
+    assert main([*command, "--input", str(tmp_rows), "--output", str(out)]) == 0  # the files restored, it loads
