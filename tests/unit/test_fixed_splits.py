@@ -226,3 +226,13 @@ def test_validation_passes_a_test_file_marker_it_does_not_declare(tmp_path: Path
     report = validate_frame(read_task_frame(task, tmp_path), task)
     assert report.success, report.describe()
     assert "rows per split: train 80, val 0, test 20" in report.notes
+
+
+def test_a_train_split_of_one_class_is_rejected_with_exit_3() -> None:
+    from modelyard.errors import DataRejected
+
+    frame = marked_frame(with_val=True)
+    frame.loc[frame["part"] == "train", "label"] = "no"  # every "yes" sits in val and test
+    with pytest.raises(DataRejected, match="the train split holds one class of 'label'") as raised:
+        split_task(frame, split_column_task(), SEED)
+    assert raised.value.exit_code == 3

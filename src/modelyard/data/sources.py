@@ -197,6 +197,11 @@ def read_table(
                 raise ModelyardError(
                     f"{path} is gzip-compressed, not CSV text", "decompress it (gunzip), or save it as Parquet"
                 )
+            if _is_binary(path, encoding):
+                raise ModelyardError(
+                    f"{path} is a binary file (it holds NUL bytes), not CSV text",
+                    "point the task at the CSV table itself; an image, archive or spreadsheet cannot be read as one",
+                )
             if delimiter == "auto":
                 delimiter = detect_delimiter(path, encoding)
             frame = _read_csv(path, na_values, delimiter, decimal, encoding)
@@ -215,6 +220,14 @@ def read_table(
         raise ModelyardError(
             f"cannot read {path}: {str(exc).strip()}", "check that the file is a valid CSV or Parquet file"
         ) from None
+
+
+def _is_binary(path: Path, encoding: str) -> bool:
+    """NUL bytes in the first 8 KB: no 8-bit text encoding writes them (UTF-16 does, so it is spared)."""
+    if encoding.lower().replace("-", "").startswith(("utf16", "utf32")):
+        return False
+    with open(path, "rb") as handle:
+        return b"\x00" in handle.read(8192)
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
