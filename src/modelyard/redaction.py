@@ -20,7 +20,9 @@ _USERINFO = re.compile(
 )
 # `password=...` as a URL query parameter or a libpq keyword, bare or quoted.
 _QUERY = re.compile(
-    r"(?P<head>(?:[?&]|\b)(?:password|passwd|pwd)\s*=\s*)(?P<password>'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^&\s'\"]*)",
+    # a quoted value runs to its closing quote (\' escapes one), or to the line's end if none
+    r"(?P<head>(?:[?&]|\b)(?:password|passwd|pwd)\s*=\s*)"
+    r"(?P<password>'(?:[^'\\\n]|\\.)*'?|\"[^\"\n]*\"?|[^&\s'\"]*)",
     re.IGNORECASE,
 )
 

@@ -74,8 +74,6 @@ def connect(root: Path) -> MlflowClient:
             import sqlalchemy
 
             sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool).connect().close()
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
         client = MlflowClient(uri, uri)
         client.search_experiments(max_results=1)
     except Exception as exc:  # HTTP, SQLAlchemy and driver errors all mean: no store there
@@ -86,6 +84,8 @@ def connect(root: Path) -> MlflowClient:
             "start the tracking server or database, or point MLFLOW_TRACKING_URI at one that runs "
             "(unset it for the embedded store); MODELYARD_TRACKING_TIMEOUT sets the wait in seconds",
         ) from None
+    mlflow.set_tracking_uri(uri)  # only a store that answered becomes the process's default
+    mlflow.set_registry_uri(uri)
     return client
 
 

@@ -490,7 +490,8 @@ def test_an_unreachable_tracking_store_is_one_clean_error(
 def test_a_champion_whose_files_changed_is_refused_before_unpickling(
     trained_copy: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # this test's store copy, for runs and registry
+    client = MlflowClient(uri, uri)
     version = client.get_model_version_by_alias("toy", "champion")
     assert len(version.tags["modelyard.files_sha256"]) == 64  # recorded at registration
     model_id = version.source.removeprefix("models:/")
