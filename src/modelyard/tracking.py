@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from modelyard.errors import ModelyardError
@@ -189,9 +189,9 @@ def close_dead_runs(client: MlflowClient, experiment: str) -> list[str]:
         client.set_tag(run.info.run_id, TAG_END_REASON, f"process {pid} on {host} ended without closing the run")
         client.set_terminated(run.info.run_id, "FAILED")
     ids = {run.info.run_id for run in dead}
-    if ids:
-        for model in client.search_logged_models([experiment], filter_string="status = 'PENDING'"):
-            if model.source_run_id in ids:
+    if ids:  # filtered here: a status filter is not portable across MLflow's database backends
+        for model in client.search_logged_models([experiment], max_results=1000):
+            if model.source_run_id in ids and model.status == LoggedModelStatus.PENDING:
                 client.finalize_logged_model(model.model_id, "FAILED")
     return sorted(ids)
 

@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 
 from modelyard import tracking, tuning
 from modelyard.cli import main
+from modelyard.files import process_alive
 from modelyard.stages import STAGES
 from tests.integration.helpers import context, copy_project, wait_for
 from tests.integration.test_faults import (
@@ -185,7 +186,7 @@ def test_killed_workers_trials_fail_and_the_study_completes(
     finally:
         kill(process)
     workers = {t.user_attrs["worker"]["pid"] for t in study.get_trials() if "worker" in t.user_attrs}
-    wait_for(lambda: not any(tuning._process_alive(pid) for pid in workers), 30, "the orphaned workers to exit")
+    wait_for(lambda: not any(process_alive(pid) for pid in workers), 30, "the orphaned workers to exit")
     killed = trial_snapshot(study)
     assert TrialState.RUNNING in {state for state, _ in killed.values()}
     unowned = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "worker" not in t.user_attrs]

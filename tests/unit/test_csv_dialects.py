@@ -48,11 +48,14 @@ def test_a_gzip_file_named_csv_is_called_what_it_is(tmp_path: Path) -> None:
         read_table(path)
 
 
-@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"PK\x03\x04\x14\x00\x00\x00\x08\x00"])
-def test_a_binary_file_named_csv_is_called_binary(tmp_path: Path, content: bytes) -> None:
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a PNG image"), (b"PK\x03\x04\x14\x00\x00\x00", "a ZIP archive")],
+)
+def test_a_binary_file_named_csv_is_called_what_it_is(tmp_path: Path, content: bytes, said: str) -> None:
     path = tmp_path / "data.csv"  # an image or a zip (an .xlsx is one) saved under a .csv name
     path.write_bytes(content)
-    with pytest.raises(ModelyardError, match="is a binary file"):
+    with pytest.raises(ModelyardError, match=f"is {said}"):
         read_table(path)
 
 

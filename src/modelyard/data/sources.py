@@ -197,10 +197,9 @@ def read_table(
                 raise ModelyardError(
                     f"{path} is gzip-compressed, not CSV text", "decompress it (gunzip), or save it as Parquet"
                 )
-            if _is_binary(path, encoding):
+            if (kind := _binary_format(path)) is not None:
                 raise ModelyardError(
-                    f"{path} is a binary file (it holds NUL bytes), not CSV text",
-                    "point the task at the CSV table itself; an image, archive or spreadsheet cannot be read as one",
+                    f"{path} is {kind}, not CSV text", "export the table as CSV (or Parquet) and point the task at it"
                 )
             if delimiter == "auto":
                 delimiter = detect_delimiter(path, encoding)
@@ -222,12 +221,26 @@ def read_table(
         ) from None
 
 
-def _is_binary(path: Path, encoding: str) -> bool:
-    """NUL bytes in the first 8 KB: no 8-bit text encoding writes them (UTF-16 does, so it is spared)."""
-    if encoding.lower().replace("-", "").startswith(("utf16", "utf32")):
-        return False
+# What a file named .csv may really be: the formats users save or download by mistake.
+BINARY_FORMATS = {
+    b"PK\x03\x04": "a ZIP archive (an .xlsx workbook is one)",
+    b"\xd0\xcf\x11\xe0": "an old Excel (.xls) or Office file",
+    b"PAR1": "a Parquet file (name it .parquet)",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"BZh": "bzip2-compressed",
+    b"7z\xbc\xaf": "a 7-Zip archive",
+    b"\x93NUMPY": "a NumPy array (.npy)",
+}
+
+
+def _binary_format(path: Path) -> str | None:
+    """What binary format `path` starts with, among BINARY_FORMATS, if any."""
     with open(path, "rb") as handle:
-        return b"\x00" in handle.read(8192)
+        head = handle.read(8)
+    return next((name for magic, name in BINARY_FORMATS.items() if head.startswith(magic)), None)
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
