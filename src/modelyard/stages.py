@@ -312,6 +312,8 @@ def train(ctx: Context) -> None:
     The choice is logged (`modelyard.train_source`: retrained, ensemble, best_trial,
     cross_fit or cross_fit_best_trial) and written to train.json.
     """
+    import torch
+
     from modelyard import registry, tracking
     from modelyard.bundle import ModelBundle
     from modelyard.models import Ensemble
@@ -360,8 +362,9 @@ def train(ctx: Context) -> None:
         run.log_params({**hparams.model_dump(), **task.train.model_dump(), "seed": ctx.settings.seed})
         members, results = [], []
         for member, (member_train, member_val) in enumerate(splits):
-            network = _network(arrays, size, task, hparams)
             member_options = replace(options, seed=options.seed + member)
+            torch.manual_seed(member_options.seed)  # initial weights from the seed alone
+            network = _network(arrays, size, task, hparams)
             results.append(fit(network, member_train, member_val, hparams, member_options, member_epoch_end(member)))
             members.append(network)
         progress.close()

@@ -383,6 +383,7 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
                 raise optuna.TrialPruned()
 
         shape = arrays.x_train.shape[1:]
+        torch.manual_seed(setup.seed)  # initial weights from the seed, not from what ran before in this process
         model = build_model(
             task.family, shape, arrays.n_outputs, hparams, arrays.vocab_size, arrays.masked, arrays.n_numeric
         )
