@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, Terminated, request_termination, stop_if_terminated
 from modelyard.redaction import redact
 
 if TYPE_CHECKING:
@@ -203,23 +203,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the command is, so it unwinds as an interrupt does: every open
-    MLflow run is ended and no half-written output is left."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         quiet_libraries()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, request_termination)
     try:
         code = run(args)
+        stop_if_terminated()  # a stage with no safe point of its own finished first
     except ModelyardError as exc:
         if args.debug:
             raise

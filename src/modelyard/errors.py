@@ -22,3 +22,25 @@ class DataRejected(ModelyardError):
     """Data that cannot make a model, found by validation or by a later stage (exit code 3)."""
 
     exit_code = 3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service stop, a cancelled CI job), raised at the next safe point (an epoch's
+    metrics about to be logged) so it unwinds as Ctrl-C does: open MLflow runs are ended and
+    no half-written output is left. Raised from inside a library call instead, it could
+    leave that library's own state (a database session) broken on the way out."""
+
+
+_termination_requested = False
+
+
+def request_termination(signum: int, frame: object) -> None:
+    """The SIGTERM handler: ask the command to stop at its next safe point."""
+    global _termination_requested
+    _termination_requested = True
+
+
+def stop_if_terminated() -> None:
+    """Raise Terminated once SIGTERM has arrived."""
+    if _termination_requested:
+        raise Terminated()

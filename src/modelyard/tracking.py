@@ -21,7 +21,7 @@ import mlflow
 from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import ModelyardError, stop_if_terminated
 from modelyard.files import process_alive
 from modelyard.paths import home_root
 from modelyard.redaction import redact
@@ -146,6 +146,7 @@ class Run:
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        stop_if_terminated()  # the safe point where SIGTERM stops a training or tuning loop (each epoch)
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
