@@ -75,7 +75,7 @@ def best_val_accuracy(ctx: Any, best: dict[str, Any]) -> float:
     study = optuna.load_study(study_name=best["study"], storage=open_storage(None, ctx.paths.study_journal))
     client = tracking.connect(ctx.root)
     run_id = study.trials[best["best_trial"]].user_attrs["mlflow_run_id"]
-    best_epoch = int(client.get_run(run_id).data.metrics["best_epoch"])
+    best_epoch = int(client.get_run(run_id).data.params["best_epoch"])
     history = client.get_metric_history(run_id, "val_accuracy")
     return next(m.value for m in history if m.step == best_epoch)
 

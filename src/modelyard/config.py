@@ -312,6 +312,26 @@ class Hyperparams(Frozen):
     # bigram embeddings.
     arch: Literal["auto", "lstm", "fcn", "resnet", "bag"] = "auto"
 
+    def of_family(self, family: str, problem: str, kind: str) -> dict[str, Any]:
+        """The hyperparameters that shape this family's network and training, as logged to
+        MLflow: an MLP run shows no CNN filters, a run without SGD no momentum."""
+        names = ["lr", "weight_decay", "l1", "optimizer", "dropout", "batch_size", "loss"]
+        names += ["momentum"] * (self.optimizer == "sgd") + ["label_smoothing"] * (problem != "regression")
+        if family == "ann":
+            names += ["n_layers", "units", "activation", "batch_norm", "numeric_embedding"]
+            embedding = {"periodic": ["n_frequencies", "frequency_scale"], "piecewise": ["n_bins"]}
+            if self.numeric_embedding in embedding:
+                names += embedding[self.numeric_embedding] + ["numeric_embed_dim"]
+        elif family == "cnn":
+            names += ["n_blocks", "filters", "kernel_size", "dense_units", "max_shift", "max_degrees", "flip"]
+        else:
+            recurrent = ["hidden_size", "n_layers", "bidirectional", *["embed_dim"] * (kind == "text")]
+            names += [
+                "arch",
+                *{"fcn": ["filters"], "resnet": ["filters"], "bag": ["embed_dim"]}.get(self.arch, recurrent),
+            ]
+        return {name: getattr(self, name) for name in names}
+
     @field_validator("kernel_size")
     @classmethod
     def _odd_kernel(cls, value: int) -> int:

@@ -66,13 +66,18 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         return self.bundle.predict(model_input)
 
 
-def log_bundle(run_id: str, bundle_dir: Path, bundle: ModelBundle, example: pd.DataFrame | np.ndarray) -> str:
-    """Log the bundle as the run's pyfunc model, with signature and input example (a few raw
-    inputs); returns its URI."""
+def log_bundle(
+    run_id: str, bundle_dir: Path, bundle: ModelBundle, example: pd.DataFrame | np.ndarray, name: str
+) -> str:
+    """Log the bundle as the run's pyfunc model `name` (the task), with signature and input
+    example (a few raw inputs); returns its URI.
+
+    MLflow links the run's metrics of `step` 0 to a new logged model; epochs count from 1,
+    so none are, and the caller links the figures that describe this model (`model_id`)."""
     signature = infer_signature(example, bundle.predict(example))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model",
+            name=name,
             python_model=BundleModel(),
             artifacts={"bundle": str(bundle_dir)},
             signature=signature,
@@ -81,6 +86,11 @@ def log_bundle(run_id: str, bundle_dir: Path, bundle: ModelBundle, example: pd.D
             code_paths=[str(Path(__file__).parent)],
         )
     return info.model_uri
+
+
+def model_id(model_uri: str) -> str:
+    """The logged model's id in a `models:/<id>` URI."""
+    return model_uri.removeprefix("models:/").split("/")[0]
 
 
 def champion_version(client: MlflowClient, name: str) -> Any | None:

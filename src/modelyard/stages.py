@@ -63,6 +63,28 @@ class Context:
 
         return tracking.lineage_tags(self.root, self.task_name, self.task.family, stage, inputs)
 
+    def experiment(self, client: Any) -> str:
+        """The task's MLflow experiment, described for the UI on first use."""
+        from modelyard import tracking
+
+        task = self.task
+        source = task.source.path or f"the built-in {task.source.builtin} dataset"
+        description = (
+            f"Task **{self.task_name}**: {task.problem} {task.kind} model (family `{task.family}`) "
+            f"of `{task.target}`, from `{source}`.\n\n"
+            f"`study-{self.task_name}-…` runs are Optuna studies (expand one for its trials); "
+            f"`train-{self.task_name}` runs hold the final model, its test metrics and plots. "
+            f"Registered model: `{self.task_name}` (aliases `champion`, `challenger`)."
+        )
+        return tracking.experiment_id(client, self.root, self.task_name, description)
+
+    def datasets(self, *parts: str) -> list[Any]:
+        """The named splits as MLflow dataset inputs, for a run's Dataset column."""
+        from modelyard import tracking
+
+        splits = {part: (self.read_split(part), self.paths.split_file(part)) for part in parts}
+        return tracking.dataset_inputs(self.task_name, self.task.target, splits, self.root)
+
 
 def ingest(ctx: Context) -> None:
     """Read the task's source into data/<task>/raw.parquet and record its size and hash."""
@@ -212,7 +234,7 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
     size = network_size(task, _load_preprocessing(ctx))
     features = Arrays(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], **size)
     client = tracking.connect(ctx.root)
-    experiment = tracking.experiment_id(client, ctx.root, ctx.task_name)
+    experiment = ctx.experiment(client)
     name = f"{ctx.task_name}-{study_fingerprint(tracking.file_md5(ctx.paths.features), task, ctx.settings.seed)}"
     storage = task.tune.storage
     say(
@@ -245,6 +267,7 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
             client=client,
             experiment=experiment,
             tags=ctx.tags("tune", {"features.npz": ctx.paths.features}),
+            datasets=ctx.datasets("train", "val"),
             workers=workers,
             on_trial_end=on_trial_end if progress else None,
             warm_start=warm_start,
@@ -337,9 +360,10 @@ def train(ctx: Context) -> None:
     train_rows, val = (arrays["x_train"], arrays["y_train"]), (arrays["x_val"], arrays["y_val"])
     n_members = task.train.ensemble
     client = tracking.connect(ctx.root)
-    experiment = tracking.experiment_id(client, ctx.root, ctx.task_name)
+    experiment = ctx.experiment(client)
     inputs = {"features.npz": ctx.paths.features, "best_params.json": ctx.paths.best_params}
     run = tracking.start_run(client, experiment, f"train-{ctx.task_name}", ctx.tags("train", inputs))
+    run.log_inputs(ctx.datasets("train", "val", "test"))  # the test split is scored on this run by evaluate
     epochs = options.epochs_for(len(train_rows[0]), hparams.batch_size)
     progress = Progress(epochs * n_members, f"train {ctx.task_name} epoch")
 
@@ -359,7 +383,8 @@ def train(ctx: Context) -> None:
     else:
         splits = [(train_rows, val)] * n_members
     try:
-        run.log_params({**hparams.model_dump(), **task.train.model_dump(), "seed": ctx.settings.seed})
+        family_hparams = hparams.of_family(task.family, task.problem, task.kind)
+        run.log_params({**family_hparams, **task.train.model_dump(), "seed": ctx.settings.seed})
         members, results = [], []
         for member, (member_train, member_val) in enumerate(splits):
             member_options = replace(options, seed=options.seed + member)
@@ -417,11 +442,15 @@ def train(ctx: Context) -> None:
         # a failure or kill while logging leaves the previous model in place.
         with atomic_path(ctx.paths.model_dir) as staging:
             bundle.save(staging)
-            model_uri = registry.log_bundle(run.run_id, staging, bundle, input_example(ctx))
-        run.log_metrics(
-            {f"best_{k}": v for k, v in val_metrics.items()} | {"best_epoch": best_epoch, "threshold": threshold}
+            model_uri = registry.log_bundle(run.run_id, staging, bundle, input_example(ctx), ctx.task_name)
+        # The registered model's validation figures, shown on the logged model too; the
+        # single values that are no curves (best epoch, threshold) are params.
+        run.log_metrics({f"best_{k}": v for k, v in val_metrics.items()}, model_id=registry.model_id(model_uri))
+        run.log_params({"best_epoch": best_epoch, "threshold": threshold, "train_source": source})
+        outcome = f"best epoch {best_epoch} ({source}), {task.monitor}={val_metrics[task.monitor]:.4f}"
+        run.set_tags(
+            {TAG_TRAIN_SOURCE: source, tracking.DESCRIPTION_TAG: f"The final model of {ctx.task_name}: {outcome}"}
         )
-        run.set_tags({TAG_TRAIN_SOURCE: source})
     except BaseException:
         run.finish("FAILED")
         raise
@@ -444,7 +473,7 @@ def train(ctx: Context) -> None:
             "val_split": split_metrics,  # the (first) member's figures on the validation split
         },
     )
-    say(f"train {ctx.task_name}: best epoch {best_epoch} ({source}), {task.monitor}={val_metrics[task.monitor]:.4f}")
+    say(f"train {ctx.task_name}: {outcome}")
 
 
 def _decision_threshold(task: TaskSettings, held_out: list[tuple[Any, tuple[np.ndarray, np.ndarray]]]) -> float:
@@ -558,7 +587,7 @@ def evaluate(ctx: Context) -> None:
     A forecasting task also reports the seasonal-naive baseline on the same steps
     (`test_naive_*`) and `test_rmse_vs_naive`, below 1 when the network is the better bet.
     """
-    from modelyard import tracking
+    from modelyard import registry, tracking
     from modelyard.bundle import ModelBundle
     from modelyard.evaluation import compute_metrics, curve_tables, plot_tables
 
@@ -578,9 +607,10 @@ def evaluate(ctx: Context) -> None:
         for name, table in tables.items():
             table.to_csv(temporary / f"{name}.csv", index=False)
     client = tracking.connect(ctx.root)
-    tracking.experiment_id(client, ctx.root, ctx.task_name)  # closes runs a killed command left open
-    run = tracking.Run(client, read_json(ctx.need(ctx.paths.train_summary, "train"))["run_id"])
-    run.log_metrics(metrics)
+    ctx.experiment(client)  # closes runs a killed command left open
+    summary = read_json(ctx.need(ctx.paths.train_summary, "train"))
+    run = tracking.Run(client, summary["run_id"])
+    run.log_metrics(metrics, model_id=registry.model_id(summary["model_uri"]))  # shown on the logged model too
     for name, figure in plot_tables(tables).items():
         client.log_figure(run.run_id, figure, f"plots/{name}.png")
     client.log_artifact(run.run_id, str(ctx.paths.metrics), "evaluation")

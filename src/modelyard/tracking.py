@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import socket
 import subprocess
+import sys
 import time
+import warnings
 from collections.abc import Mapping
+from contextlib import closing
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, LoggedModelStatus, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 
 from modelyard.errors import ModelyardError, stop_if_terminated
 from modelyard.files import process_alive
@@ -32,11 +37,17 @@ TAG_STAGE = "modelyard.stage"
 TAG_STUDY = "modelyard.study"
 TAG_TRIAL_STATE = "modelyard.trial_state"
 PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 TRACKING_TIMEOUT_S = 10
 TAG_HOST = "modelyard.host"  # the machine and process that opened a run, to tell a dead one
 TAG_PID = "modelyard.pid"
 TAG_END_REASON = "modelyard.end_reason"
+# The experiment kind MLflow's UI gives a model-training experiment. MLflow 3.17's UI still
+# opens the GenAI view unless the link carries `?workflowType=machine_learning` (the README's
+# and `make ui`'s links do) or the user picked "Model training" once in that browser.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+DESCRIPTION_TAG = "mlflow.note.content"  # the description MLflow shows above runs
 
 
 def driver_url(url: str) -> str:
@@ -84,26 +95,77 @@ def connect(root: Path) -> MlflowClient:
             "start the tracking server or database, or point MLFLOW_TRACKING_URI at one that runs "
             "(unset it for the embedded store); MODELYARD_TRACKING_TIMEOUT sets the wait in seconds",
         ) from None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        follow_checkout(home_root(root))
     mlflow.set_tracking_uri(uri)  # only a store that answered becomes the process's default
     mlflow.set_registry_uri(uri)
     return client
 
 
-def experiment_id(client: MlflowClient, root: Path, task: str) -> str:
+# Where MLflow's database store keeps artifact locations: absolute paths and file:// URIs.
+ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+)
+
+
+def follow_checkout(home: Path) -> list[str]:
+    """Point the embedded store's artifact locations at this checkout's `mlruns/`.
+
+    MLflow stores them as absolute paths, so a checkout that was moved, renamed or copied
+    would read (and write) the artifacts of its old place, and `models:/adult@champion`
+    would break. Locations under another folder's `mlruns/`, found from the experiments
+    modelyard made, are rewritten in one transaction; returns the old folders (usually none).
+    Task names are URL-safe in practice; one that `as_uri` would escape is left alone."""
+    import sqlite3
+
+    database, mlruns = home / "mlflow.db", home / "mlruns"
+    if not database.is_file():
+        return []
+    with closing(sqlite3.connect(database, timeout=30)) as db, db:
+        # only the experiments `experiment_id` made: `<checkout>/mlruns/<experiment name>`
+        rows = db.execute("SELECT name, artifact_location FROM experiments").fetchall()
+        moved = {
+            loc.removesuffix(f"/mlruns/{name}") + "/mlruns/"
+            for name, loc in rows
+            if loc and loc.endswith(f"/mlruns/{name}")
+        }
+        here = {f"{mlruns.as_uri()}/", f"{mlruns}/"}
+        for old in sorted(moved - here):
+            new = f"{mlruns.as_uri()}/" if old.startswith("file:") else f"{mlruns}/"
+            for table, column in ARTIFACT_COLUMNS:
+                db.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                    (new, len(old) + 1, len(old), old),
+                )
+    return sorted(moved - here)
+
+
+def experiment_id(client: MlflowClient, root: Path, task: str, description: str = "") -> str:
     """The task's experiment (one per task), created on first use; runs that a dead process
     of this host left RUNNING are closed first (`close_dead_runs`).
 
     With a database store (the embedded sqlite, or PostgreSQL) its artifacts go to
-    `<checkout>/mlruns/<task>`; a tracking server chooses its own artifact root.
+    `<checkout>/mlruns/<task>`; a tracking server chooses its own artifact root. The
+    experiment gets MLflow's model-training kind and `description`, unless it has its own
+    (a description edited in the UI stays).
     """
     found = client.get_experiment_by_name(task)
-    if found is not None:
-        close_dead_runs(client, found.experiment_id)
-        return found.experiment_id
-    location = None
-    if not tracking_uri(root).startswith(("http://", "https://")):
-        location = (home_root(root) / "mlruns" / task).as_uri()
-    return client.create_experiment(task, artifact_location=location)
+    if found is None:
+        location = None
+        if not tracking_uri(root).startswith(("http://", "https://")):
+            location = (home_root(root) / "mlruns" / task).as_uri()
+        tags = {**EXPERIMENT_KIND, **({DESCRIPTION_TAG: description} if description else {})}
+        return client.create_experiment(task, artifact_location=location, tags=tags)
+    close_dead_runs(client, found.experiment_id)
+    missing = {**EXPERIMENT_KIND, DESCRIPTION_TAG: description}.items() - found.tags.items()
+    for key, value in missing:
+        if value and key not in found.tags:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def file_md5(path: Path) -> str:
@@ -124,15 +186,47 @@ def git_commit(root: Path) -> str | None:
 
 
 def lineage_tags(root: Path, task: str, family: str, stage: str, inputs: Mapping[str, Path]) -> dict[str, str]:
-    """Tags that tie a run to its code and data: git commit, task, family, stage, and the
-    DVC hash (MD5) of each stage input, as `dvc.md5.<file name>`."""
-    tags = {TAG_TASK: task, TAG_FAMILY: family, TAG_STAGE: stage}
+    """Tags that tie a run to its code and data: MLflow's own context tags (user, source:
+    the command that ran, relative to the checkout), git commit, task, family, stage, and
+    the DVC hash (MD5) of each stage input, as `dvc.md5.<file name>`."""
+    tags = {**resolve_tags(), "mlflow.source.name": _command(root)}
+    tags |= {TAG_TASK: task, TAG_FAMILY: family, TAG_STAGE: stage}
     commit = git_commit(root)
     if commit:
         tags[GIT_COMMIT_TAG] = commit
     for name, path in inputs.items():
         tags[f"dvc.md5.{name}"] = file_md5(path)
     return tags
+
+
+def _command(root: Path) -> str:
+    """This process's command line as a user typed it: `pipeline/train.py --task adult`,
+    `modelyard train --task adult`."""
+    program = Path(sys.argv[0])
+    shown = program.name
+    if program.is_file() and program.resolve().is_relative_to(root.resolve()) and program.parent.name == "pipeline":
+        shown = str(program.resolve().relative_to(root.resolve()))
+    return redact(shlex.join([shown, *sys.argv[1:]]))[:500]
+
+
+def dataset_inputs(
+    task: str, target: str | None, splits: Mapping[str, tuple[Any, Path]], root: Path
+) -> list[DatasetInput]:
+    """The splits a run learned from or was scored on, as MLflow dataset inputs: name
+    `<task>-<split>`, MLflow's digest of the rows, schema, row count, the file as source,
+    and the split's role (`training`, `validation`, `testing`) as its context."""
+    from mlflow.data.pandas_dataset import from_pandas
+
+    contexts = {"train": "training", "val": "validation", "test": "testing"}
+    inputs = []
+    for split, (frame, path) in splits.items():
+        source = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        with warnings.catch_warnings():  # MLflow's hints about integer columns in schemas
+            warnings.simplefilter("ignore")
+            dataset = from_pandas(frame, source=source, name=f"{task}-{split}", targets=target)
+        context = InputTag("mlflow.data.context", contexts.get(split, split))
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[context]))
+    return inputs
 
 
 class Run:
@@ -145,11 +239,22 @@ class Run:
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0, model_id: str | None = None) -> None:
+        """Log metrics at `step`; with `model_id` they also show on that logged model."""
         stop_if_terminated()  # the safe point where SIGTERM stops a training or tuning loop (each epoch)
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_inputs(self, inputs: list[DatasetInput]) -> None:
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_figure(self, figure: Any, path: str) -> None:
+        self.client.log_figure(self.run_id, figure, path)
+
+    def log_dict(self, values: Mapping[str, Any], path: str) -> None:
+        self.client.log_dict(self.run_id, dict(values), path)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

@@ -153,7 +153,10 @@ def make_schedule(
 
 @dataclass
 class FitResult:
-    """The best epoch (its weights are loaded back into the model) and every epoch's metrics."""
+    """The best epoch (its weights are loaded back into the model) and every epoch's metrics.
+
+    Epochs are numbered from 1, as the console, MLflow's steps and train.json show them:
+    `history[best_epoch - 1]` holds the best epoch's metrics."""
 
     best_epoch: int
     best_metrics: dict[str, float]
@@ -275,7 +278,7 @@ def fit(
         metrics = {"train_loss": loss_sum.item() / stop}
         if not math.isfinite(metrics["train_loss"]):
             raise TrainingDiverged(
-                f"training loss became {metrics['train_loss']} at epoch {epoch}; lower the learning rate"
+                f"training loss became {metrics['train_loss']} at epoch {epoch + 1}; lower the learning rate"
             )
         metrics.update(validation_metrics(model, x_val, y_val, loss_fn, options))
         history.append(metrics)
@@ -285,13 +288,13 @@ def fit(
         if metrics["val_loss"] < best_loss:
             best_loss, last_gain = metrics["val_loss"], epoch
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
+            on_epoch_end(epoch + 1, metrics)  # epochs are numbered from 1 wherever a user sees them
         if epoch - last_gain >= patience and epoch + 1 >= options.min_epochs:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return FitResult(best_epoch=best_epoch, best_metrics=history[best_epoch], history=history)
+    return FitResult(best_epoch=best_epoch + 1, best_metrics=history[best_epoch], history=history)
 
 
 CROSS_FIT_FOLDS = 5  # folds of train + validation when the final model cross-fits (at least)

@@ -72,7 +72,9 @@ from modelyard.search_space import describe, space_size
 from modelyard.training import FitOptions, TrainingDiverged, fit, save_checkpoint
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+# A pruned trial did what the pruner asked: its run ends FINISHED, named "trial-<n> pruned",
+# so only failures carry MLflow's red cross.
+RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
 TAG_TRIAL = "modelyard.trial"  # "<study>/<trial number>" on each child run
 TAG_STORE = "modelyard.optuna_store"  # `store_identity` of the study's storage, on parent and trials
 TAG_FAIL_REASON = "modelyard.fail_reason"
@@ -137,6 +139,7 @@ class StudySetup:
     trial_tags: dict[str, str]
     heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S)
     checkpoint_dir: Path | None = None  # where a trial that beats the study's best saves its weights
+    datasets: tuple = ()  # MLflow dataset inputs (the train and validation splits) of every trial run
 
 
 class TrialFailed(RuntimeError):
@@ -393,7 +396,8 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
         value = result.best_metrics[task.monitor]
         if not math.isfinite(value):
             raise TrainingDiverged(f"{task.monitor} is {value}")
-        run.log_metrics({f"best_{task.monitor}": value, "best_epoch": result.best_epoch})
+        run.log_metrics({f"best_{task.monitor}": value})
+        run.log_params({"best_epoch": result.best_epoch})
         if setup.checkpoint_dir is not None and beats_study(trial.study, value):
             path = checkpoint_path(setup.checkpoint_dir, trial.number)
             save_checkpoint(path, model, result.best_metrics, result.best_epoch, trial.number)
@@ -411,7 +415,8 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
         state, reason, value = TrialState.FAIL, "", math.nan
         try:
             trial.set_user_attr("mlflow_run_id", run.run_id)
-            run.log_params({**hparams.model_dump(), "trial_number": trial.number})
+            run.log_inputs(list(setup.datasets))
+            run.log_params({**hparams.of_family(task.family, task.problem, task.kind), "trial_number": trial.number})
             value = train_trial(trial, run, hparams)
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
@@ -425,6 +430,8 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
             if reason:
                 trial.set_user_attr("fail_reason", reason)
             run.set_tags({tracking.TAG_TRIAL_STATE: state.name, **({TAG_FAIL_REASON: reason[:500]} if reason else {})})
+            if state == TrialState.PRUNED:
+                run.set_tags({tracking.RUN_NAME_TAG: f"trial-{trial.number} pruned"})
             run.finish(RUN_STATUS[state])
         if state == TrialState.PRUNED:
             raise optuna.TrialPruned()
@@ -571,6 +578,56 @@ def run_workers(setup: StudySetup, n_workers: int) -> list[int]:
     return [process.exitcode for process in processes]
 
 
+def log_study_summary(parent: tracking.Run, study: optuna.Study, monitor: str) -> None:
+    """The study's outcome on its parent run: the best value (a metric), the best trial's
+    parameters (params `best.<name>`, and `best_params.json`) and Optuna's figures.
+
+    MLflow params never change: when a resumed study finds a better trial, params already
+    logged keep the first best, and `best_params.json`, the `modelyard.best_trial` tag and
+    the `best_<monitor>` metric tell the current one."""
+    best = study.best_trial
+    parent.log_metrics({f"best_{monitor}": study.best_value})
+    parent.set_tags({"modelyard.best_trial": str(best.number)})
+    parent.log_dict({"trial": best.number, monitor: best.value, "params": best.params}, "best_params.json")
+    logged = parent.client.get_run(parent.run_id).data.params
+    parent.log_params({f"best.{k}": v for k, v in best.params.items() if f"best.{k}" not in logged})
+    for name, figure in study_figures(study).items():
+        parent.log_figure(figure, f"optuna/{name}.png")
+
+
+def study_figures(study: optuna.Study) -> dict[str, Any]:
+    """Optuna's own views of the study (optimization history, intermediate values per epoch,
+    parameter importances, parallel coordinates) as matplotlib figures; a view the study
+    cannot draw yet (one trial, nothing searched) is left out."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as views
+
+    figures = {}
+    for name, draw in {
+        "history": views.plot_optimization_history,
+        "intermediate_values": views.plot_intermediate_values,
+        "param_importances": views.plot_param_importances,
+        "parallel_coordinate": views.plot_parallel_coordinate,
+    }.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks these views experimental
+            try:
+                axes = draw(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        figure.set_size_inches(9, 5.5)
+        figure.tight_layout()
+        figures[name] = figure
+        plt.close(figure)  # pyplot forgets it; the figure itself can still be saved
+    return figures
+
+
 def store_identity(url: str | None) -> str:
     """Which Optuna store a study lives in, the same from every machine that joins it: the
     journal file, or the URL's backend and database (no host or user, which may differ)."""
@@ -611,13 +668,14 @@ def run_study(
     heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S),
     warm_start: Hyperparams | None = None,
     checkpoint_dir: Path | None = None,
+    datasets: list | None = None,
 ) -> StudyResult:
     """Run (or continue, or join) the study until it holds `trial_target` finished trials.
 
     The study and its MLflow parent run exist before any worker starts, so there is one
     parent run; `workers=1` runs the trials in this process, more start spawned workers.
     `warm_start` (the champion's hyperparameters, on retraining) becomes the first trial of
-    a new study.
+    a new study. `datasets` (MLflow dataset inputs) are logged on the parent and every trial.
     """
     if workers < 1:
         raise ModelyardError(f"workers must be 1 or more, got {workers}", "pass --workers N with N >= 1")
@@ -641,6 +699,7 @@ def run_study(
     }
     tags = {**tags, TAG_STORE: store_identity(storage_url)}
     parent = _parent_run(client, experiment, tags, study_name, params)
+    parent.log_inputs(datasets or [])
     setup = StudySetup(
         task_name=task_name,
         task=task,
@@ -656,6 +715,7 @@ def run_study(
         trial_tags={k: v for k, v in tags.items() if not k.startswith("dvc.")},
         heartbeat=heartbeat,
         checkpoint_dir=checkpoint_dir,
+        datasets=tuple(datasets or ()),
     )
     exit_codes: list[int] = []
 
@@ -679,8 +739,7 @@ def run_study(
             }
         )
         if complete:
-            parent.log_metrics({f"best_{task.monitor}": study.best_value})
-            parent.set_tags({"modelyard.best_params": json.dumps(study.best_params, sort_keys=True)})
+            log_study_summary(parent, study, task.monitor)
         parent.finish("FINISHED" if complete else "FAILED")
     failed_workers = [code for code in exit_codes if code != 0]
     if failed_workers and count(FINISHED) < trial_target(task):

@@ -291,7 +291,7 @@ def test_a_study_through_the_mlflow_server(
     assert parent.data.tags["modelyard.study"] == study.study_name
     assert parent.data.metrics["best_val_loss"] == pytest.approx(study.best_value)
     history = client.get_metric_history(trials[0].user_attrs["mlflow_run_id"], "val_loss")
-    assert [m.step for m in history] == list(range(len(history))) and history
+    assert [m.step for m in history] == list(range(1, len(history) + 1)) and history  # epochs from 1
 
 
 def test_the_same_study_in_the_journal_and_in_postgresql_has_two_parent_runs(

@@ -10,7 +10,7 @@ import pydantic
 import pytest
 import yaml
 
-from modelyard.config import Settings, load_settings, parse_settings
+from modelyard.config import Hyperparams, Settings, load_settings, parse_settings
 from modelyard.errors import ModelyardError
 
 PARAMS_PATH = Path(__file__).resolve().parents[2] / "params.yaml"
@@ -360,3 +360,21 @@ def test_parse_gives_settings_with_defaults(raw: dict) -> None:
     assert isinstance(settings, Settings)
     assert settings.device == "auto"
     assert settings.task("adult").model.loss == "auto"
+
+
+@pytest.mark.parametrize(
+    ("family", "kind", "fields", "absent"),
+    [
+        ("ann", "tabular", {"units", "n_layers", "numeric_embedding"}, {"filters", "hidden_size", "flip", "momentum"}),
+        ("cnn", "images", {"n_blocks", "filters", "flip"}, {"units", "hidden_size", "numeric_embedding"}),
+        ("lstm", "text", {"arch", "hidden_size", "embed_dim"}, {"units", "n_blocks", "filters"}),
+    ],
+)
+def test_a_run_logs_only_its_familys_hyperparameters(family: str, kind: str, fields: set, absent: set) -> None:
+    logged = Hyperparams(arch="lstm" if family == "lstm" else "auto").of_family(family, "binary", kind)
+    assert fields | {"lr", "batch_size", "dropout", "label_smoothing"} <= set(logged)
+    assert not absent & set(logged)
+    assert "momentum" in Hyperparams(optimizer="sgd").of_family(family, "binary", kind)
+    assert "label_smoothing" not in Hyperparams().of_family(family, "regression", kind)
+    periodic = Hyperparams(numeric_embedding="periodic").of_family("ann", "binary", "tabular")
+    assert {"n_frequencies", "frequency_scale", "numeric_embed_dim"} <= set(periodic) and "n_bins" not in periodic

@@ -129,9 +129,9 @@ def noisy_run(monitor: str, patience: int, n_val: int = 128):
 def test_early_stopping_stops_once_val_loss_stops_improving() -> None:
     _, result, _ = noisy_run("val_loss", patience=3)
     losses = [m["val_loss"] for m in result.history]
-    assert 0 < result.best_epoch == int(np.argmin(losses))
-    assert len(result.history) == result.best_epoch + 3 + 1 < 100
-    assert result.best_metrics == result.history[result.best_epoch]
+    assert 1 < result.best_epoch == int(np.argmin(losses)) + 1  # epochs are numbered from 1
+    assert len(result.history) == result.best_epoch + 3 < 100
+    assert result.best_metrics == result.history[result.best_epoch - 1]
 
 
 def test_early_stopping_on_accuracy_keeps_the_highest_epoch() -> None:
@@ -140,9 +140,9 @@ def test_early_stopping_on_accuracy_keeps_the_highest_epoch() -> None:
     losses = [m["val_loss"] for m in result.history]
     best = max(accuracies)
     tied = [epoch for epoch, accuracy in enumerate(accuracies) if accuracy == best]
-    assert 0 < result.best_epoch == min(tied, key=lambda epoch: losses[epoch])  # ties: the lower loss
+    assert 1 < result.best_epoch == min(tied, key=lambda epoch: losses[epoch]) + 1  # ties: the lower loss
     # it waits for neither the accuracy nor the loss to improve for `patience` epochs
-    last_gain = max(result.best_epoch, int(np.argmin(losses)))
+    last_gain = max(result.best_epoch - 1, int(np.argmin(losses)))
     assert len(result.history) == last_gain + 4 + 1 < 100
     assert result.best_metrics["val_accuracy"] == best
 
@@ -150,7 +150,7 @@ def test_early_stopping_on_accuracy_keeps_the_highest_epoch() -> None:
 def test_a_small_validation_set_selects_on_the_loss_not_on_accuracy() -> None:
     _, result, _ = noisy_run("val_accuracy", patience=4, n_val=40)
     losses = [m["val_loss"] for m in result.history]
-    assert result.best_epoch == int(np.argmin(losses))
+    assert result.best_epoch == int(np.argmin(losses)) + 1
 
 
 def test_best_epochs_weights_are_restored() -> None:
@@ -180,7 +180,7 @@ def test_on_epoch_end_gets_each_epochs_metrics(problem: str, keys: set[str]) -> 
     model = build_model("ann", N_FEATURES, N_OUTPUTS[problem], MEMORISE)
     options = make_options(problem, max_epochs=3)
     result = fit(model, data, data, MEMORISE, options, on_epoch_end=lambda e, m: calls.append((e, m)))
-    assert [epoch for epoch, _ in calls] == [0, 1, 2]
+    assert [epoch for epoch, _ in calls] == [1, 2, 3]  # numbered from 1, as the console shows them
     assert all(set(metrics) == keys for _, metrics in calls)
     assert [metrics for _, metrics in calls] == result.history
     assert all(type(value) is float for _, metrics in calls for value in metrics.values())
@@ -201,7 +201,7 @@ def test_exception_in_callback_stops_training_and_propagates() -> None:
     model = build_model("ann", N_FEATURES, 1, MEMORISE)
     with pytest.raises(Stop, match="pruned"):
         fit(model, data, data, MEMORISE, make_options("binary", max_epochs=10), on_epoch_end=stop_at_two)
-    assert epochs == [0, 1, 2]
+    assert epochs == [1, 2]
 
 
 def test_huge_learning_rate_raises_training_diverged() -> None:
@@ -214,7 +214,7 @@ def test_huge_learning_rate_raises_training_diverged() -> None:
 def test_infinite_inputs_raise_training_diverged(problem: str) -> None:
     x, y = make_data(problem)
     x[3, 2] = np.inf
-    with pytest.raises(TrainingDiverged, match="epoch 0"):
+    with pytest.raises(TrainingDiverged, match="epoch 1;"):
         train(problem, MEMORISE, (x, y), max_epochs=3)
 
 
