@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install pipeline test lint ui bench quality clean
+.PHONY: install pipeline test lint ui dashboard bench quality clean
 
 $(BIN)/modelyard: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,38 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 ui: install
+	@echo "MLflow's model-training view: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlruns
+
+# A task's Optuna studies in optuna-dashboard: `make dashboard TASK=adult [PORT=8080]
+# [STORAGE=url]`. The storage is the one `tune` uses: STORAGE (as `modelyard tune --storage`),
+# else tasks.<TASK>.tune.storage, else the task's journal file data/<TASK>/optuna.journal.
+PORT ?= 8080
+define study_storage
+import sys
+from pathlib import Path
+from modelyard.config import load_settings
+from modelyard.errors import ModelyardError
+from modelyard.paths import TaskPaths
+from modelyard.redaction import redact
+from modelyard.tracking import driver_url
+task, url, port = sys.argv[1:]
+try:
+    url = url or load_settings(Path("params.yaml")).task(task).tune.storage
+except ModelyardError as exc:
+    sys.exit(f"error: {exc}")
+journal = TaskPaths(Path.cwd(), task).study_journal
+if not url and not journal.is_file():
+    sys.exit(f"error: task {task} has no study yet ({journal} is missing)\n  fix: run `dvc repro tune@{task}` first")
+print(f"task {task}: optuna-dashboard on {redact(url) if url else journal}: http://127.0.0.1:{port}", file=sys.stderr)
+print(driver_url(url) if url else journal)
+endef
+export study_storage
+
+dashboard: install
+	@test -n "$(TASK)" || { echo "usage: make dashboard TASK=<task> [PORT=8080] [STORAGE=url]" >&2; exit 2; }
+	@storage=$$($(BIN)/python -c "$$study_storage" '$(TASK)' '$(STORAGE)' '$(PORT)') || exit 2; \
+	exec $(BIN)/optuna-dashboard --host 127.0.0.1 --port $(PORT) "$$storage"
 
 bench: install
 	$(BIN)/python bench/bench_adult.py

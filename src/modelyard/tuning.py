@@ -271,6 +271,8 @@ def load_study(name: str, storage: optuna.storages.BaseStorage, task: TaskSettin
         pruner=make_pruner(settings.pruner, settings.max_epochs),
         load_if_exists=True,
     )
+    if study.metric_names is None:  # optuna-dashboard labels the objective with it
+        study.set_metric_names([task.monitor])
     existing = len(study.get_trials(deepcopy=False))
     if existing:  # resumed: a sampler seeded as at the start would draw the first trials again
         study.sampler = make_sampler(task, (seed + 7919 * existing) % 2**32)
