@@ -127,6 +127,15 @@ def register(
         "modelyard.reason": reason,
     }.items():
         client.set_model_version_tag(name, created.version, key, value)
+    verdict = "Promoted to champion" if promote else "Kept as challenger; the champion stays"
+    client.update_model_version(name, created.version, description=f"{verdict}: {reason}.")
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(
+            name,
+            description=f"The models of task `{name}`: `@{CHAMPION}` serves (`models:/{name}@{CHAMPION}`); "
+            f"`@{CHALLENGER}` is the newest version, promoted only when it beats the champion on "
+            f"the test split ({metric}).",
+        )
     client.set_registered_model_alias(name, CHALLENGER, created.version)
     if promote:
         client.set_registered_model_alias(name, CHAMPION, created.version)

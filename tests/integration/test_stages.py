@@ -199,6 +199,8 @@ def test_runs_read_well_in_the_mlflow_ui(trained) -> None:
     assert model.name == "toy"
     linked = {m.key for m in model.metrics}
     assert {"test_accuracy", "best_val_loss"} <= linked and "train_loss" not in linked  # no first-epoch figures
+    assert "@champion" in client.get_registered_model("toy").description
+    assert client.get_model_version("toy", "1").description.startswith("Promoted to champion: first version")
 
 
 def test_a_moved_checkout_keeps_its_artifacts_and_champion(
