@@ -129,10 +129,10 @@ class SourceSettings(Frozen):
     test: str | None = None
     labels: str | None = None  # the labels file of a .npy or IDX images file
     na_values: tuple[str, ...] = ()
-    # CSV dialect: the field delimiter (`auto`: detected from the first lines), the decimal
-    # mark of numbers, and the text encoding.
+    # CSV dialect: the field delimiter and the decimal mark of numbers (`auto`: detected
+    # from the first lines), and the text encoding.
     delimiter: Literal["auto", ",", ";", "\t", "|"] = "auto"
-    decimal: Literal[".", ","] = "."
+    decimal: Literal["auto", ".", ","] = "auto"
     encoding: str = "utf-8"
 
     @field_validator("encoding")

@@ -317,7 +317,11 @@ def add_task(
     if is_table and target is None:
         raise ModelyardError("a table task needs its target column", "add --target COLUMN")
     if is_table:
-        inferred = infer_task(read_table(path), source, target, problem, family)
+        frame = read_table(path)
+        inferred = infer_task(frame, source, target, problem, family)
+        if frame.attrs.get("decimal") == ",":  # detected again at ingest; written down to be seen
+            inferred.entry["source"]["decimal"] = ","
+            inferred.notes.append("numbers are written with a decimal comma (source.decimal: ',')")
     else:
         inferred = infer_image_task(path, source, target or "label")
     text = _dump(yaml, _quoted({name: inferred.entry}))

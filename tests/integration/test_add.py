@@ -47,13 +47,14 @@ def test_an_added_semicolon_table_runs_to_a_registered_model(tmp_path: Path, mlf
     (root / "params.yaml").write_text("seed: 0\ndevice: cpu\ntasks: {}\n")
     source = tmp_path / "loans.csv"
     frame = loans()
-    frame.to_csv(source, sep=";", index=False)
+    frame.to_csv(source, sep=";", decimal=",", index=False)  # as a European spreadsheet exports it
     assert (
         main(["add", "loans", "--source", str(source), "--target", "default", "--params", str(root / "params.yaml")])
         == 0
     )
     ctx = Context(root, load_settings(root / "params.yaml"), "loans")
     assert "loan_id" not in ctx.task.schema_.columns
+    assert ctx.task.source.decimal == "," and ctx.task.schema_.columns["income"].type == "number"
     for stage in STAGES.values():
         stage(ctx)
     registry = json.loads(ctx.paths.registry_decision.read_text())

@@ -41,6 +41,21 @@ def test_decimal_comma_and_latin1_are_read_when_the_task_says_so(tmp_path: Path)
     assert frame["name"].tolist() == ["Crème", "Brûlée"] and frame["price"].tolist() == [1.5, 2.25]
 
 
+@pytest.mark.parametrize(
+    ("text", "decimal", "prices"),
+    [
+        ("name;price;qty\na;1,5;3\nb;2,25;4\nc;-0,5;1\n", ",", [1.5, 2.25, -0.5]),  # a European export
+        ("name;price;qty\na;1.5;3\nb;2.25;4\nc;-0.5;1\n", ".", [1.5, 2.25, -0.5]),
+        ("name;price;code\na;1.5;1,2\nb;2.5;3,4\nc;0.5;5,6\n", ".", [1.5, 2.5, 0.5]),  # points win: "1,2" is text
+    ],
+)
+def test_the_decimal_mark_is_detected(tmp_path: Path, text: str, decimal: str, prices: list[float]) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_text(text)
+    frame = read_table(path)
+    assert frame.attrs["decimal"] == decimal and frame["price"].tolist() == prices
+
+
 def test_a_gzip_file_named_csv_is_called_what_it_is(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_bytes(gzip.compress(b"a,b\n1,2\n"))

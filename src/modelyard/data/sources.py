@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -173,7 +174,7 @@ def _read_co2() -> pd.DataFrame:
 
 
 def read_table(
-    path: Path, na_values: tuple[str, ...] = (), delimiter: str = "auto", decimal: str = ".", encoding: str = "utf-8"
+    path: Path, na_values: tuple[str, ...] = (), delimiter: str = "auto", decimal: str = "auto", encoding: str = "utf-8"
 ) -> pd.DataFrame:
     """Read a CSV or Parquet file, turning every read failure into one clear error.
 
@@ -182,7 +183,8 @@ def read_table(
     a wrong guess would load mojibake silently. The delimiter is `delimiter`, or with `auto`
     the one of comma, semicolon, tab and pipe that splits the first lines into the same
     number of fields (more than one), comma first on a tie; the frame's `attrs["delimiter"]`
-    says which was used.
+    says which was used. The decimal mark is `decimal`, or with `auto` the one `detect_decimal`
+    finds (`attrs["decimal"]`).
     The header row must name every column once. A row with more fields than the header is
     an error; a row with fewer has its missing trailing fields read as missing values.
     Columns pandas gives no single type (integers beyond 64 bits, true/false with gaps)
@@ -203,8 +205,10 @@ def read_table(
                 )
             if delimiter == "auto":
                 delimiter = detect_delimiter(path, encoding)
+            if decimal == "auto":
+                decimal = detect_decimal(path, delimiter, encoding)
             frame = _read_csv(path, na_values, delimiter, decimal, encoding)
-            frame.attrs["delimiter"] = delimiter
+            frame.attrs |= {"delimiter": delimiter, "decimal": decimal}
             return frame
         return pd.read_parquet(path)
     except UnicodeDecodeError as exc:
@@ -264,6 +268,29 @@ def detect_delimiter(path: Path, encoding: str = "utf-8") -> str:
         if len(counts) == 1 and (fields := counts.pop()) > best_fields:
             best, best_fields = candidate, fields
     return best
+
+
+COMMA_NUMBER = re.compile(r"[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?")
+DOT_NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def detect_decimal(path: Path, delimiter: str, encoding: str = "utf-8") -> str:
+    """`,` when the fields are not comma-separated, some column of the first lines holds
+    only numbers written with a decimal comma (`3,14`) and none holds numbers with a decimal
+    point; else `.`. A comma-separated file cannot hold an unquoted decimal comma."""
+    if delimiter == ",":
+        return "."
+    with open(path, encoding=encoding, newline="") as handle:
+        rows = list(
+            csv.reader((line for _, line in zip(range(SNIFF_LINES), handle, strict=False)), delimiter=delimiter)
+        )
+    columns = [[value.strip() for value in column if value.strip()] for column in zip(*rows[1:], strict=False)]
+
+    def only(pattern: re.Pattern[str], values: list[str]) -> bool:
+        return bool(values) and all(pattern.fullmatch(value) for value in values)
+
+    comma = any(only(COMMA_NUMBER, values) for values in columns)
+    return "," if comma and not any(only(DOT_NUMBER, values) for values in columns) else "."
 
 
 def _read_csv(path: Path, na_values: tuple[str, ...], delimiter: str, decimal: str, encoding: str) -> pd.DataFrame:
