@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,10 +105,26 @@ def compute_metrics(
     return {f"{prefix}{k}": v for k, v in values.items() if not np.isnan(v)}
 
 
+# The plot files the evaluate stage writes and the columns of each, which dvc.yaml's
+# `plots:` entries draw. Every task writes every file: DVC fails a stage whose declared
+# output is missing, and dvc.yaml cannot declare outputs by problem type, so a plot that a
+# task's problem has no use for (ROC for a regression) holds only its header row, which
+# DVC draws nothing from.
+PLOT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "confusion": ("actual", "predicted"),
+    "roc": ("fpr", "tpr"),
+    "precision_recall": ("recall", "precision"),
+    "predictions": ("actual", "predicted"),
+    "forecast": ("time", "target", "actual", "predicted", "naive"),
+}
+
+
 def curve_tables(
     problem: Problem, y_true: np.ndarray, output: np.ndarray, class_labels: list[str], threshold: float = 0.5
 ) -> dict[str, pd.DataFrame]:
-    """Data for DVC plots: per-row actual/predicted labels, and ROC and PR curves (binary)."""
+    """Plot data from test outputs: per-sample actual and predicted labels (classification)
+    or values (regression), and for a binary task the ROC and precision-recall curves, each
+    in the order it is drawn (x ascending)."""
     if problem == "regression":
         return {"predictions": pd.DataFrame({"actual": y_true, "predicted": output})}
     predicted = predicted_classes(problem, output, threshold)
@@ -121,41 +138,166 @@ def curve_tables(
         fpr, tpr, _ = skm.roc_curve(y_true, output)
         precision, recall, _ = skm.precision_recall_curve(y_true, output)
         tables["roc"] = pd.DataFrame({"fpr": fpr, "tpr": tpr})
-        tables["precision_recall"] = pd.DataFrame({"recall": recall, "precision": precision})
+        # scikit-learn lists recall from 1 down to 0; a plotted line runs in the order of x
+        tables["precision_recall"] = pd.DataFrame({"recall": recall[::-1], "precision": precision[::-1]})
     return tables
 
 
+def forecast_table(
+    test: pd.DataFrame, forecasts: pd.DataFrame, naive: pd.DataFrame, time: str, targets: Sequence[str]
+) -> pd.DataFrame:
+    """Each observed step of the `test` rows with its one-step-ahead forecasts: time, target,
+    actual, predicted (the model's `forecasts`) and naive (the seasonal-naive baseline's),
+    in time order per target. `forecasts` and `naive` hold rows of time, step and one
+    column per target, as a series preprocessor's `forecast` makes them."""
+
+    def one_step(frame: pd.DataFrame, target: str, name: str) -> pd.DataFrame:
+        ahead = frame.loc[frame["step"] == 1, ["time", target]].rename(columns={target: name})
+        return ahead.astype({"time": "datetime64[ns]"})
+
+    parts = []
+    for target in targets:
+        observed = test[[time, target]].rename(columns={time: "time", target: "actual"}).dropna(subset=["actual"])
+        table = observed.astype({"time": "datetime64[ns]"})
+        for name, frame in (("predicted", forecasts), ("naive", naive)):
+            table = table.merge(one_step(frame, target, name), on="time")
+        parts.append(table.sort_values("time", kind="stable").assign(target=target))
+    columns = list(PLOT_COLUMNS["forecast"])
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def plot_files(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Every plot file of PLOT_COLUMNS, each with its columns in that order: the task's
+    `tables`, and no rows for a plot its problem has no use for."""
+    return {
+        name: tables.get(name, pd.DataFrame(columns=list(columns)))[list(columns)]
+        for name, columns in PLOT_COLUMNS.items()
+    }
+
+
+def training_curves(history: list[dict[str, float]]) -> pd.DataFrame:
+    """Per-epoch metrics as a table: epoch (from 1), train_loss, val_loss and the validation
+    metrics, as `training.fit` records them."""
+    table = pd.DataFrame(history)
+    table.insert(0, "epoch", np.arange(1, len(table) + 1))
+    return table
+
+
 def plot_tables(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
-    """Figures of the curve tables, for the MLflow UI."""
+    """Figures of the plot tables for the MLflow UI, drawn with scikit-learn's displays: the
+    confusion matrix, the ROC curve with its AUC and the chance line, the precision-recall
+    curve with its average precision and the chance level, actual against predicted with the
+    y = x line, and a forecast over time beside the seasonal-naive baseline. A table without
+    rows gets no figure."""
     import matplotlib
 
     matplotlib.use("Agg")
+    drawers = {
+        "confusion": ("confusion_matrix", _plot_confusion),
+        "roc": ("roc_curve", _plot_roc),
+        "precision_recall": ("precision_recall_curve", _plot_precision_recall),
+        "predictions": ("predictions_curve", _plot_predictions),
+        "forecast": ("forecast", _plot_forecast),
+    }
+    return {
+        figure_name: draw(tables[name])
+        for name, (figure_name, draw) in drawers.items()
+        if name in tables and len(tables[name])
+    }
+
+
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
-    figures: dict[str, Figure] = {}
-    if "confusion" in tables:
-        frame = tables["confusion"]
-        matrix = pd.crosstab(frame["actual"], frame["predicted"], dropna=False)
-        fig = Figure(figsize=(5, 4))
-        ax = fig.subplots()
-        image = ax.imshow(matrix.to_numpy(), cmap="Blues")
-        ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45)
-        ax.set_yticks(range(matrix.shape[0]), matrix.index)
-        for (i, j), count in np.ndenumerate(matrix.to_numpy()):
-            ax.text(j, i, str(count), ha="center", va="center")
-        ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix (test)")
-        fig.colorbar(image)
-        figures["confusion_matrix"] = fig
-    for name, (x, y) in {
-        "roc": ("fpr", "tpr"),
-        "precision_recall": ("recall", "precision"),
-        "predictions": ("actual", "predicted"),
-    }.items():
-        if name in tables:
-            fig = Figure(figsize=(5, 4))
-            ax = fig.subplots()
-            style = {"s": 4} if name == "predictions" else {}
-            (ax.scatter if name == "predictions" else ax.plot)(tables[name][x], tables[name][y], **style)
-            ax.set(xlabel=x, ylabel=y, title=f"{name.replace('_', ' ')} (test)")
-            figures[f"{name}_curve"] = fig
-    return figures
+    # Constrained layout sizes the axes around their tick labels, titles and colorbar.
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _plot_confusion(table: pd.DataFrame) -> Figure:
+    actual, predicted = table["actual"], table["predicted"]
+    if isinstance(actual.dtype, pd.CategoricalDtype):
+        labels = list(actual.cat.categories)
+    else:
+        labels = sorted(set(actual) | set(predicted))
+    matrix = skm.confusion_matrix(np.asarray(actual), np.asarray(predicted), labels=labels)
+    names = [str(label) for label in labels]
+    rotate = sum(len(name) for name in names) > 24  # would run into each other side by side
+    side = 0.45 * len(names) + (2.5 if rotate else 1.5)
+    longest = max(len(name) for name in names)
+    fig = _figure(max(4.5, side + 0.08 * longest + 1.2), max(3.6, side + (0.08 * longest if rotate else 0.3)))
+    ax = fig.subplots()
+    skm.ConfusionMatrixDisplay(matrix, display_labels=names).plot(ax=ax, cmap="Blues", values_format="d")
+    if rotate:
+        for label in ax.get_xticklabels():
+            label.set(rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_title("Confusion matrix (test)")
+    return fig
+
+
+def _plot_roc(table: pd.DataFrame) -> Figure:
+    fpr, tpr = table["fpr"].to_numpy(float), table["tpr"].to_numpy(float)
+    fig = _figure(5, 4.6)
+    ax = fig.subplots()
+    display = skm.RocCurveDisplay(fpr=fpr, tpr=tpr, roc_auc=skm.auc(fpr, tpr), name="model")
+    display.plot(ax=ax, plot_chance_level=True)
+    ax.set_title("ROC curve (test)")
+    return fig
+
+
+def _plot_precision_recall(table: pd.DataFrame) -> Figure:
+    # back in scikit-learn's order (recall falling), which its display draws as steps
+    recall, precision = table["recall"].to_numpy(float)[::-1], table["precision"].to_numpy(float)[::-1]
+    # scikit-learn's average precision: each recall step weighted by the precision it ends at
+    average_precision = float(-np.sum(np.diff(recall) * precision[:-1]))
+    fig = _figure(5, 4.6)
+    ax = fig.subplots()
+    display = skm.PrecisionRecallDisplay(
+        precision,
+        recall,
+        average_precision=average_precision,
+        name="model",
+        prevalence_pos_label=precision[0],  # at recall 1 every sample is called positive
+    )
+    display.plot(ax=ax, plot_chance_level=True)
+    ax.set_title("Precision-recall curve (test)")
+    return fig
+
+
+def _plot_predictions(table: pd.DataFrame) -> Figure:
+    from matplotlib.ticker import AutoLocator
+
+    fig = _figure(5, 4.6)
+    ax = fig.subplots()
+    skm.PredictionErrorDisplay.from_predictions(
+        table["actual"].to_numpy(float),
+        table["predicted"].to_numpy(float),
+        kind="actual_vs_predicted",
+        subsample=None,
+        ax=ax,
+        scatter_kwargs={"alpha": 0.4, "s": 8, "label": "test samples"},
+        line_kwargs={"label": "y = x"},
+    )
+    # the display puts its ticks at the data's extremes (303.48, 327.76, ...)
+    ax.xaxis.set_major_locator(AutoLocator())
+    ax.yaxis.set_major_locator(AutoLocator())
+    ax.legend(loc="upper left")
+    ax.set_title("Actual against predicted (test)")
+    return fig
+
+
+def _plot_forecast(table: pd.DataFrame) -> Figure:
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    targets = list(dict.fromkeys(table["target"]))
+    fig = _figure(9, 0.4 + 3.2 * len(targets))
+    for ax, target in zip(fig.subplots(len(targets), 1, squeeze=False)[:, 0], targets, strict=True):
+        rows = table[table["target"] == target]
+        time = pd.to_datetime(rows["time"]).to_numpy()
+        ax.plot(time, rows["actual"], color="black", linewidth=1.4, label="actual")
+        ax.plot(time, rows["predicted"], color="tab:blue", linewidth=1, label="predicted (one step ahead)")
+        ax.plot(time, rows["naive"], color="tab:orange", linewidth=1, linestyle="--", label="seasonal naive")
+        locator = AutoDateLocator()
+        ax.xaxis.set(major_locator=locator, major_formatter=ConciseDateFormatter(locator))
+        ax.set(ylabel=str(target), title=f"{target}: forecast on the test period")
+        ax.legend(loc="best", fontsize="small")
+    return fig

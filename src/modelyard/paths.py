@@ -111,6 +111,11 @@ class TaskPaths:
         return self.dir / "plots"
 
     @property
+    def train_curves(self) -> Path:
+        """The final training run's per-epoch losses and validation metrics (a DVC plot)."""
+        return self.dir / "curves" / "train.csv"
+
+    @property
     def registry_decision(self) -> Path:
         return self.dir / "registry.json"
 

@@ -473,6 +473,7 @@ def train(ctx: Context) -> None:
             "val_split": split_metrics,  # the (first) member's figures on the validation split
         },
     )
+    write_training_curves(ctx.paths.train_curves, results[0].history)
     say(f"train {ctx.task_name}: {outcome}")
 
 
@@ -581,6 +582,22 @@ def forecast_pairs(task: TaskSettings, test: pd.DataFrame, forecasts: pd.DataFra
     return pairs[[f"{t}__observed" for t in targets]].to_numpy(float).ravel(), pairs[targets].to_numpy(float).ravel()
 
 
+def write_tables(folder: Path, tables: dict[str, pd.DataFrame]) -> None:
+    """One CSV file per table in `folder`, which is replaced whole, atomically."""
+    with atomic_path(folder) as temporary:
+        temporary.mkdir()
+        for name, table in tables.items():
+            table.to_csv(temporary / f"{name}.csv", index=False)
+
+
+def write_training_curves(path: Path, history: list[dict[str, float]]) -> None:
+    """A training run's per-epoch metrics (`evaluation.training_curves`) as a CSV file, atomically."""
+    from modelyard.evaluation import training_curves
+
+    with atomic_path(path) as temporary:
+        training_curves(history).to_csv(temporary, index=False)
+
+
 def evaluate(ctx: Context) -> None:
     """Score the trained bundle on the held-out test split: metrics, plots, MLflow.
 
@@ -589,7 +606,7 @@ def evaluate(ctx: Context) -> None:
     """
     from modelyard import registry, tracking
     from modelyard.bundle import ModelBundle
-    from modelyard.evaluation import compute_metrics, curve_tables, plot_tables
+    from modelyard.evaluation import compute_metrics, curve_tables, forecast_table, plot_files, plot_tables
 
     task = ctx.task
     bundle = ModelBundle.load(ctx.need(ctx.paths.model_dir, "train"))
@@ -601,11 +618,14 @@ def evaluate(ctx: Context) -> None:
         metrics["test_rmse_vs_naive"] = metrics["test_rmse"] / metrics["test_naive_rmse"]
     classes = getattr(bundle.codec, "classes_", [])
     tables = curve_tables(task.problem, truth, outputs, classes, bundle.threshold)
+    if task.kind == "series":  # the test period over time: actual, one step ahead, seasonal naive
+        frames = {part: ctx.read_split(part) for part in SPLITS}
+        history = series_history(frames, task.schema_.time)
+        forecasts, baseline = bundle.predict(history), bundle.preprocessor.forecast(history, None)
+        time, targets = task.schema_.time, task.forecast_targets
+        tables["forecast"] = forecast_table(frames["test"], forecasts, baseline, time, targets)
     write_json(ctx.paths.metrics, metrics)
-    with atomic_path(ctx.paths.plots_dir) as temporary:
-        temporary.mkdir()
-        for name, table in tables.items():
-            table.to_csv(temporary / f"{name}.csv", index=False)
+    write_tables(ctx.paths.plots_dir, plot_files(tables))
     client = tracking.connect(ctx.root)
     ctx.experiment(client)  # closes runs a killed command left open
     summary = read_json(ctx.need(ctx.paths.train_summary, "train"))

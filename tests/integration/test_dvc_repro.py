@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def shell(cwd: Path, *args: str) -> str:
+def shell(cwd: Path, *args: str, stdout_only: bool = False) -> str:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env |= {
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -37,7 +37,7 @@ def shell(cwd: Path, *args: str) -> str:
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{output[-4000:]}"
-    return output
+    return done.stdout if stdout_only else output
 
 
 def shrunk_params() -> dict:
@@ -61,6 +61,7 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(shrunk_params(), sort_keys=False))
     shell(root, "git", "init", "-q")
     shell(root, str(BIN / "dvc"), "init", "-q")
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # the plot templates dvc.yaml names
     shell(root, "git", "add", "-A")
     shell(root, "git", "commit", "-qm", "init")
     shell(root, str(BIN / "dvc"), "repro")
@@ -102,6 +103,48 @@ def test_repro_runs_the_image_and_series_tasks_too(checkout: Path) -> None:
     assert co2["test_rmse_vs_naive"] == pytest.approx(co2["test_rmse"] / co2["test_naive_rmse"])
     notes = json.loads((checkout / "data" / "co2" / "validation.json").read_text())["notes"]
     assert "co2: 59 missing value(s) (2.6%)" in notes  # the missing weeks, reported
+
+
+def axis_fields(spec: object, axis: str) -> set[str]:
+    """The fields a Vega-Lite spec puts on an axis ("x" or "y"), in any of its layers."""
+    found: set[str] = set()
+    if isinstance(spec, dict):
+        encoding = spec.get("encoding", {})
+        if isinstance(encoding.get(axis), dict) and "field" in encoding[axis]:
+            found.add(encoding[axis]["field"])
+        for value in spec.values():
+            found |= axis_fields(value, axis)
+    elif isinstance(spec, list):
+        for value in spec:
+            found |= axis_fields(value, axis)
+    return found
+
+
+def test_plots_show_draws_each_curve_once_against_its_own_axes(checkout: Path) -> None:
+    """Per task the plots of its problem, each once and against the columns dvc.yaml names
+    (none against the row index), plus the training curves; the plot files a problem has
+    no use for draw nothing."""
+    shown = json.loads(shell(checkout, str(BIN / "dvc"), "plots", "show", "--json", stdout_only=True))
+    assert not shown.get("errors")
+    expected = {
+        "data/adult/plots/confusion.csv": ("predicted", "actual"),
+        "data/adult/plots/roc.csv": ("fpr", "tpr"),
+        "data/adult/plots/precision_recall.csv": ("recall", "precision"),
+        "data/digits/plots/confusion.csv": ("predicted", "actual"),
+        "data/co2/plots/predictions.csv": ("predicted", "actual"),
+        "data/co2/plots/forecast.csv": ("time", "value"),  # actual, predicted and naive, folded
+    } | {f"data/{task}/curves/train.csv": ("epoch", "loss") for task in ("adult", "digits", "co2")}
+    drawn = {plot_id: plots for plot_id, plots in shown["data"].items() if plots}
+    assert set(drawn) == set(expected)
+    for plot_id, (x, y) in expected.items():
+        (plot,) = drawn[plot_id]
+        xs, ys = axis_fields(plot["content"], "x"), axis_fields(plot["content"], "y")
+        # "step" is the row index DVC draws against when a plot names no x
+        assert x in xs and y in ys and "step" not in xs | ys, (plot_id, xs, ys)
+    forecast = drawn["data/co2/plots/forecast.csv"][0]["content"]["data"]["values"]
+    assert {"time", "target", "actual", "predicted", "naive"} <= set(forecast[0])
+    curves = pd.read_csv(checkout / "data" / "adult" / "curves" / "train.csv")
+    assert list(curves.columns[:3]) == ["epoch", "train_loss", "val_loss"] and curves["epoch"].iloc[0] == 1
 
 
 def test_second_repro_does_nothing(checkout: Path) -> None:
