@@ -14,7 +14,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelyard.errors import ModelyardError
@@ -667,11 +666,15 @@ def load_settings(path: Path) -> Settings:
     """Read and check params.yaml; every problem is reported with its key path."""
     if not path.is_file():
         raise ModelyardError(f"params file {path} not found", "run from the repository root or pass --params PATH")
+    from ruamel.yaml import YAML, YAMLError
+
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # YAML 1.2, as DVC reads and rewrites params.yaml (`dvc exp run -S`): `yes`, `no`
+        # and `on` stay text there, and 1e-3 is a number.
+        raw = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ModelyardError(f"{path} is not UTF-8 text (byte {exc.start})", "re-save it as UTF-8") from None
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         raise ModelyardError(f"{path} is not valid YAML: {exc}", "fix the syntax at the line shown") from None
     except RecursionError:
         raise ModelyardError(f"{path} nests too deeply to read", "flatten the nested lists or mappings") from None

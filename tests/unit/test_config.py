@@ -12,6 +12,7 @@ import yaml
 
 from modelyard.config import Hyperparams, Settings, load_settings, parse_settings
 from modelyard.errors import ModelyardError
+from tests.conftest import TOY_TASK
 
 PARAMS_PATH = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -378,3 +379,13 @@ def test_a_run_logs_only_its_familys_hyperparameters(family: str, kind: str, fie
     assert "label_smoothing" not in Hyperparams().of_family(family, "regression", kind)
     periodic = Hyperparams(numeric_embedding="periodic").of_family("ann", "binary", "tabular")
     assert {"n_frequencies", "frequency_scale", "numeric_embed_dim"} <= set(periodic) and "n_bins" not in periodic
+
+
+def test_params_rewritten_by_dvc_keep_yes_and_no_as_text(tmp_path: Path) -> None:
+    """`dvc exp run -S` rewrites params.yaml in YAML 1.2 and drops the quotes of 'yes' / 'no'."""
+    text = yaml.safe_dump({"seed": 0, "device": "cpu", "tasks": {"toy": TOY_TASK}}).replace("'yes'", "yes")
+    text = text.replace("'no'", "no")
+    assert "- yes" in text and "positive_label: yes" in text
+    (tmp_path / "params.yaml").write_text(text)
+    task = load_settings(tmp_path / "params.yaml").task("toy")
+    assert task.positive_label == "yes" and list(task.schema_.columns["label"].categories) == ["no", "yes"]
