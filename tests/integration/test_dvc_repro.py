@@ -157,3 +157,40 @@ def test_training_param_reruns_only_train_evaluate_register(checkout: Path) -> N
     output = shell(checkout, str(BIN / "dvc"), "exp", "run", "-S", "tasks.adult.train.max_epochs=3")
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
     assert ran == {"train@adult", "evaluate@adult", "register@adult"}
+
+
+PROBE = """
+import runpy, sys
+stage, tasks = sys.argv[1], sys.argv[2:]
+for task in tasks:
+    sys.argv = [f"pipeline/{stage}.py", "--task", task]
+    try:
+        runpy.run_path(f"pipeline/{stage}.py", run_name="__main__")
+    except SystemExit as exit:
+        assert not exit.code, f"{stage} {task} exited {exit.code}"
+for name, module in sorted(sys.modules.items()):
+    if name.startswith("modelyard") and getattr(module, "__file__", None):
+        print("loaded", module.__file__)
+"""
+
+
+def test_each_stage_lists_the_modules_it_loads(checkout: Path) -> None:
+    """Each stage's script, run for every default task in a fresh interpreter, loads only
+    modules of src/modelyard that its dvc.yaml entry lists (the file, or a folder above it),
+    so editing one reruns that stage. Runs last: it runs the stages again."""
+    stages = yaml.safe_load((checkout / "dvc.yaml").read_text())["stages"]
+    tasks = list(yaml.safe_load((checkout / "params.yaml").read_text())["tasks"])
+    unlisted = {}
+    for stage, spec in stages.items():
+        deps = [dep.rstrip("/") for dep in spec["do"]["deps"]]
+        output = shell(checkout, sys.executable, "-c", PROBE, stage, *tasks, stdout_only=True)
+        loaded = {
+            "src/modelyard/" + line.split("/src/modelyard/", 1)[1]
+            for line in output.splitlines()
+            if line.startswith("loaded ") and "/src/modelyard/" in line
+        }
+        assert "src/modelyard/stages.py" in loaded
+        missing = sorted(m for m in loaded if not any(m == dep or m.startswith(dep + "/") for dep in deps))
+        if missing:
+            unlisted[stage] = missing
+    assert not unlisted, f"modules the stages load and dvc.yaml does not list as their deps: {unlisted}"
