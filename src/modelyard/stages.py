@@ -610,20 +610,23 @@ def evaluate(ctx: Context) -> None:
 
     task = ctx.task
     bundle = ModelBundle.load(ctx.need(ctx.paths.model_dir, "train"))
-    truth, outputs = test_outputs(ctx, bundle.predict, bundle.codec)
-    metrics = compute_metrics(task.problem, truth, outputs, threshold=bundle.threshold)
-    if task.kind == "series":
-        naive = test_outputs(ctx, lambda history: bundle.preprocessor.forecast(history, None), None)
-        metrics |= compute_metrics("regression", *naive, prefix="test_naive_")
-        metrics["test_rmse_vs_naive"] = metrics["test_rmse"] / metrics["test_naive_rmse"]
     classes = getattr(bundle.codec, "classes_", [])
-    tables = curve_tables(task.problem, truth, outputs, classes, bundle.threshold)
-    if task.kind == "series":  # the test period over time: actual, one step ahead, seasonal naive
+    if task.kind == "series":  # forecasts from the whole history, the model's and the seasonal-naive ones
         frames = {part: ctx.read_split(part) for part in SPLITS}
         history = series_history(frames, task.schema_.time)
         forecasts, baseline = bundle.predict(history), bundle.preprocessor.forecast(history, None)
-        time, targets = task.schema_.time, task.forecast_targets
-        tables["forecast"] = forecast_table(frames["test"], forecasts, baseline, time, targets)
+        truth, outputs = forecast_pairs(task, frames["test"], forecasts)
+        metrics = compute_metrics(task.problem, truth, outputs)
+        metrics |= compute_metrics("regression", *forecast_pairs(task, frames["test"], baseline), prefix="test_naive_")
+        metrics["test_rmse_vs_naive"] = metrics["test_rmse"] / metrics["test_naive_rmse"]
+        tables = curve_tables(task.problem, truth, outputs, classes)
+        tables["forecast"] = forecast_table(
+            frames["test"], forecasts, baseline, task.schema_.time, task.forecast_targets
+        )
+    else:
+        truth, outputs = test_outputs(ctx, bundle.predict, bundle.codec)
+        metrics = compute_metrics(task.problem, truth, outputs, threshold=bundle.threshold)
+        tables = curve_tables(task.problem, truth, outputs, classes, bundle.threshold)
     write_json(ctx.paths.metrics, metrics)
     write_tables(ctx.paths.plots_dir, plot_files(tables))
     client = tracking.connect(ctx.root)

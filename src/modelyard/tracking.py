@@ -161,8 +161,7 @@ def experiment_id(client: MlflowClient, root: Path, task: str, description: str 
         tags = {**EXPERIMENT_KIND, **({DESCRIPTION_TAG: description} if description else {})}
         return client.create_experiment(task, artifact_location=location, tags=tags)
     close_dead_runs(client, found.experiment_id)
-    missing = {**EXPERIMENT_KIND, DESCRIPTION_TAG: description}.items() - found.tags.items()
-    for key, value in missing:
+    for key, value in {**EXPERIMENT_KIND, DESCRIPTION_TAG: description}.items():
         if value and key not in found.tags:
             client.set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
