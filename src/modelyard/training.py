@@ -9,9 +9,11 @@ The recipe, chosen to converge on 30 rows and on 30,000 alike:
 - the learning rate warms up linearly over the first `warmup` share of the steps, then
   follows a cosine down to zero at the end of the budget;
 - early stopping waits for `patience` epochs, and at least `min_patience_steps` optimizer
-  steps, without an improvement of either the monitored metric or the validation loss,
-  and never before `min_epochs`: a flat validation accuracy (a majority-class start)
-  does not stop a run whose loss still falls;
+  steps (but no more than a tenth of the epoch budget), without an improvement of either
+  the monitored metric or the validation loss, counted from the end of the warm-up and
+  never before `min_epochs`: a flat validation accuracy (a majority-class start) does not
+  stop a run whose loss still falls, nor does the flat start of a small-data run whose
+  learning rate is still warming up;
 - the best epoch is the best monitored value, ties broken by the lower validation loss
   (a classifier validated on fewer than 100 samples: the lowest validation loss); its
   weights are restored.
@@ -83,8 +85,7 @@ class FitOptions:
         target_offset: float = 0.0,
         tuning: bool = False,
     ) -> FitOptions:
-        """The options a task's settings imply; a tuning trial differs in its budget and
-        stops only when pruned."""
+        """The options a task's settings imply; a tuning trial differs in its budget."""
         train = task.train
         return cls(
             problem=task.problem,
@@ -97,7 +98,7 @@ class FitOptions:
             target_scale=target_scale,
             target_offset=target_offset,
             min_epochs=train.min_epochs,
-            min_patience_steps=0 if tuning else PATIENCE_STEPS,
+            min_patience_steps=PATIENCE_STEPS,
             schedule=train.schedule,
             warmup=train.warmup,
             auto_budget=AUTO_TUNE if tuning else AUTO_TRAIN,
@@ -111,10 +112,15 @@ class FitOptions:
 
     def epochs_for(self, n_rows: int, batch_size: int) -> int:
         """The epoch budget: `max_epochs`, or enough epochs for the auto budget's steps."""
-        if self.max_epochs is not None:
-            return self.max_epochs
-        steps, fewest, most = self.auto_budget
-        return min(most, max(fewest, math.ceil(steps / steps_per_epoch(n_rows, batch_size))))
+        return epoch_budget(self.max_epochs, self.auto_budget, n_rows, batch_size)
+
+
+def epoch_budget(max_epochs: int | None, auto: tuple[int, int, int], n_rows: int, batch_size: int) -> int:
+    """`max_epochs`, or the epochs that give the `auto` budget's (steps, fewest, most) steps."""
+    if max_epochs is not None:
+        return max_epochs
+    steps, fewest, most = auto
+    return min(most, max(fewest, math.ceil(steps / steps_per_epoch(n_rows, batch_size))))
 
 
 def steps_per_epoch(n_rows: int, batch_size: int) -> int:
@@ -243,11 +249,16 @@ def fit(
     n_steps = steps_per_epoch(n_rows, batch_size)
     max_epochs = options.epochs_for(n_rows, batch_size)
     scheduler = make_schedule(optimizer, max_epochs * n_steps, options.schedule, options.warmup)
-    patience = max(options.patience, math.ceil(options.min_patience_steps / n_steps))
+    # The steps floor gives small data (a few steps an epoch) time to move, within a tenth
+    # of the budget: 300 steps at 2 steps an epoch would otherwise wait 150 epochs.
+    patience = max(options.patience, min(math.ceil(options.min_patience_steps / n_steps), max_epochs // 10))
     selection = options.selection(len(x_val))
 
     best_epoch, best_state, best_loss = -1, None, math.inf
     last_gain = 0  # the last epoch that improved the monitored value or the validation loss
+    # Patience counts from the end of the warm-up at the latest: its tiny learning rates
+    # barely move a network, so a flat start there is no sign of convergence.
+    warm_up_end = math.ceil(max_epochs * options.warmup) if options.schedule == "cosine" else 0
     history: list[dict[str, float]] = []
     for epoch in range(max_epochs):
         model.train()
@@ -289,7 +300,7 @@ def fit(
             best_loss, last_gain = metrics["val_loss"], epoch
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)  # epochs are numbered from 1 wherever a user sees them
-        if epoch - last_gain >= patience and epoch + 1 >= options.min_epochs:
+        if epoch - max(last_gain, warm_up_end) >= patience and epoch + 1 >= options.min_epochs:
             break
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -69,7 +69,7 @@ from modelyard.files import process_alive
 from modelyard.models import build_model
 from modelyard.redaction import redact
 from modelyard.search_space import describe, space_size
-from modelyard.training import FitOptions, TrainingDiverged, fit, save_checkpoint
+from modelyard.training import AUTO_TUNE, FitOptions, TrainingDiverged, epoch_budget, fit, save_checkpoint
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A pruned trial did what the pruner asked: its run ends FINISHED, named "trial-<n> pruned",
@@ -174,11 +174,24 @@ def warm_start_params(hparams: Hyperparams, space: dict[str, Distribution]) -> d
     return chosen
 
 
-def make_pruner(name: str, max_epochs: int | None) -> optuna.pruners.BasePruner:
-    """The pruner; the median pruner judges no trial in its first quarter of epochs (the
-    learning rate is still warming up there)."""
+def pruner_warmup(task: TaskSettings, n_train: int) -> int:
+    """Epochs the median pruner leaves every trial alone: a tenth of the shortest trial's
+    epoch budget (twice the learning rate's warm-up), at least 3. Before that, small data
+    (a few steps an epoch) has every trial still at chance level, and pruning on those
+    values would cut good configurations on noise."""
+    searched = task.tune.search_space.get("batch_size")
+    if searched is None:
+        batch_sizes = [task.model.batch_size]
+    else:
+        batch_sizes = list(searched.choices) if searched.choices is not None else [searched.low, searched.high]
+    shortest = min(epoch_budget(task.tune.max_epochs, AUTO_TUNE, n_train, int(b)) for b in batch_sizes)
+    return max(3, shortest // 10)
+
+
+def make_pruner(name: str, max_epochs: int | None, warmup_epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner; the median pruner judges no trial in its first `warmup_epochs`."""
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(2, (max_epochs or 12) // 4))
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs or "auto")
     return optuna.pruners.NopPruner()
@@ -260,15 +273,18 @@ def sampler_seed(seed: int, shared: bool) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
 
 
-def load_study(name: str, storage: optuna.storages.BaseStorage, task: TaskSettings, seed: int) -> optuna.Study:
-    """Create the study, or load it when it exists, with the seeded sampler and the pruner."""
+def load_study(
+    name: str, storage: optuna.storages.BaseStorage, task: TaskSettings, seed: int, n_train: int
+) -> optuna.Study:
+    """Create the study, or load it when it exists, with the seeded sampler and the pruner
+    (sized from the `n_train` training rows)."""
     settings = task.tune
     study = optuna.create_study(
         study_name=name,
         storage=storage,
         direction="minimize" if lower_is_better(task.monitor) else "maximize",
         sampler=make_sampler(task, seed),
-        pruner=make_pruner(settings.pruner, settings.max_epochs),
+        pruner=make_pruner(settings.pruner, settings.max_epochs, pruner_warmup(task, n_train)),
         load_if_exists=True,
     )
     if study.metric_names is None:  # optuna-dashboard labels the objective with it
@@ -494,7 +510,9 @@ def run_trials(
     if study is None:
         on_stale = stale_run_closer(client, setup.experiment)
         storage = open_storage(setup.storage_url, setup.journal, on_stale=on_stale, heartbeat=setup.heartbeat)
-        study = load_study(setup.study_name, storage, setup.task, sampler_seed(setup.seed, shared=True))
+        study = load_study(
+            setup.study_name, storage, setup.task, sampler_seed(setup.seed, shared=True), len(setup.arrays.x_train)
+        )
     n_trials = trial_target(setup.task)
     if len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
         return
@@ -685,7 +703,7 @@ def run_study(
     optuna.logging.set_verbosity(max(optuna.logging.WARNING, optuna.logging.get_verbosity()))
     storage = open_storage(storage_url, journal, on_stale=stale_run_closer(client, experiment), heartbeat=heartbeat)
     shared = storage_url is not None or workers > 1
-    study = load_study(study_name, storage, task, sampler_seed(seed, shared=shared))
+    study = load_study(study_name, storage, task, sampler_seed(seed, shared=shared), len(arrays.x_train))
     fail_stale_trials(study, client, experiment)
     if warm_start is not None and not study.get_trials(deepcopy=False):
         start = warm_start_params(warm_start, settings.search_space)

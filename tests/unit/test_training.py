@@ -153,6 +153,17 @@ def test_a_small_validation_set_selects_on_the_loss_not_on_accuracy() -> None:
     assert result.best_epoch == int(np.argmin(losses)) + 1
 
 
+def test_patience_counts_from_the_end_of_the_warm_up_and_is_capped_by_the_budget() -> None:
+    # A learning rate too small to change a float32 weight: the validation loss never moves.
+    frozen = Hyperparams(lr=1e-30, optimizer="adam", dropout=0.0, batch_size=64, n_layers=1, units=8)
+    common = {"max_epochs": 40, "patience": 1, "monitor": "val_loss"}
+    _, result = train("binary", frozen, make_learnable(64), warmup=0.25, min_patience_steps=300, **common)
+    # warm-up: 10 of 40 epochs; patience: 300 steps of 1 step an epoch, capped at 40 // 10 = 4
+    assert len(result.history) == 10 + 4 + 1
+    _, result = train("binary", frozen, make_learnable(64), schedule="constant", **common)
+    assert len(result.history) == 1 + 1  # no warm-up, no steps floor: patience 1 after the first epoch
+
+
 def test_best_epochs_weights_are_restored() -> None:
     model, result, (x_val, y_val) = noisy_run("val_loss", patience=3)
     options = make_options("binary", monitor="val_loss")
