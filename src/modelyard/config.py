@@ -275,7 +275,8 @@ class Hyperparams(Frozen):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     batch_size: int = Field(256, ge=1)
-    n_layers: int = Field(2, ge=1)
+    # MLP: hidden layers, 0 for a linear model (additive, over numeric embeddings); LSTM: >= 1.
+    n_layers: int = Field(2, ge=0)
     units: int = Field(128, ge=1)
     activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "elu"] = "relu"
     batch_norm: bool = False
@@ -488,6 +489,7 @@ class TaskSettings(Frozen):
         if self.metric == "accuracy" and not classification:
             raise ValueError("metric 'accuracy' is for classification; use rmse, mae or loss")
         self._check_losses()
+        self._check_depth()
         categorical = set(self.schema_.names("category")) - {self.target}
         for column in self.features.encoders:
             if column not in categorical:
@@ -552,6 +554,17 @@ class TaskSettings(Frozen):
                     f"arch {arch!r} does not fit a {self.kind} task; "
                     + (f"use one of: {', '.join(archs)}" if archs else "leave arch out (auto)")
                 )
+
+    def _check_depth(self) -> None:
+        """An LSTM stacks at least one layer; depth 0 (a linear model) is the MLP's."""
+        if self.family != "lstm":
+            return
+        searched_archs = self.tune.search_space.get("arch")
+        if "lstm" not in {self.arch, *((searched_archs.choices or ()) if searched_archs else ())}:
+            return
+        searched = self.tune.search_space.get("n_layers")
+        if min(self.model.n_layers, searched.low if searched and searched.low is not None else 1) < 1:
+            raise ValueError("n_layers must be at least 1 for an LSTM; 0 (a linear model) is for the ann family")
 
     def _check_losses(self) -> None:
         """The loss (fixed or searched) suits the problem; label smoothing is for classes."""

@@ -154,11 +154,24 @@ def test_choice_outside_a_hyperparameters_values_is_rejected(raw: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "distribution"), [("dropout", {"low": 0.0, "high": 1.5}), ("n_layers", {"low": 0, "high": 3})]
+    ("name", "distribution"), [("dropout", {"low": 0.0, "high": 1.5}), ("n_layers", {"low": -1, "high": 3})]
 )
 def test_range_outside_a_hyperparameters_limits_is_rejected(raw: dict, name: str, distribution: dict) -> None:
     adult(raw)["tune"]["search_space"][name] = distribution
     assert f"search_space.{name}" in problem_text(raw)
+
+
+@pytest.mark.parametrize("where", ["model", "search_space"])
+def test_an_lstm_of_depth_0_is_rejected_and_an_mlp_of_depth_0_is_accepted(raw: dict, where: str) -> None:
+    co2 = raw["tasks"]["co2"]
+    if where == "model":
+        co2.setdefault("model", {})["n_layers"] = 0
+    else:
+        co2.setdefault("tune", {}).setdefault("search_space", {})["n_layers"] = {"low": 0, "high": 2}
+    assert "n_layers must be at least 1 for an LSTM" in problem_text(raw)
+    del raw["tasks"]["co2"]
+    adult(raw).setdefault("model", {})["n_layers"] = 0
+    assert parse_settings(raw).task("adult").model.n_layers == 0
 
 
 def test_yaml_1e_minus_3_is_read_as_a_float(tmp_path: Path) -> None:

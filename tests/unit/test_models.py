@@ -40,6 +40,12 @@ def test_hidden_layers_follow_n_layers_and_units() -> None:
     assert [(m.in_features, m.out_features) for m in linears] == [(7, 24), (24, 24), (24, 24), (24, 3)]
 
 
+def test_depth_0_is_a_linear_model() -> None:
+    model = build_model("ann", N_INPUTS, 3, Hyperparams(n_layers=0, units=24))
+    assert [(m.in_features, m.out_features) for m in layers_of(model, nn.Linear)] == [(7, 3)]
+    assert not layers_of(model, nn.ReLU)
+
+
 def test_every_activation_in_the_config_is_built() -> None:
     assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)
 
