@@ -384,7 +384,8 @@ def train(ctx: Context) -> None:
         splits = [(train_rows, val)] * n_members
     try:
         family_hparams = hparams.of_family(task.family, task.problem, task.kind)
-        run.log_params({**family_hparams, **task.train.model_dump(), "seed": ctx.settings.seed})
+        threads = torch.get_num_threads()  # with the seed, what reproduces the run exactly on the CPU
+        run.log_params({**family_hparams, **task.train.model_dump(), "seed": ctx.settings.seed, "threads": threads})
         members, results = [], []
         for member, (member_train, member_val) in enumerate(splits):
             member_options = replace(options, seed=options.seed + member)

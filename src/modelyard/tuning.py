@@ -551,6 +551,15 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="modelyard-parent-watch", daemon=True).start()
 
 
+def worker_threads(n_workers: int) -> int:
+    """Torch threads of each trial: the process's own in one worker, the CPUs shared out
+    among several. Recorded on the study's run: the thread count can change the last bits
+    of a sum, so a run is reproduced exactly only with the same count."""
+    if n_workers == 1:
+        return torch.get_num_threads()
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
 def work(setup: StudySetup, index: int, n_workers: int, logging_state: tuple) -> None:
     """A spawned worker's entry point; errors become one redacted line and an exit code."""
     _exit_with_parent()
@@ -558,7 +567,7 @@ def work(setup: StudySetup, index: int, n_workers: int, logging_state: tuple) ->
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     warnings.filters[:] = filters
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
+    torch.set_num_threads(worker_threads(n_workers))
     label = f"tune {setup.task_name} worker {index}"
 
     def report(trial: FrozenTrial, total: int) -> None:
@@ -714,6 +723,7 @@ def run_study(
         "pruner": settings.pruner,
         "sampler": type(study.sampler).__name__,
         "seed": seed,
+        "threads": worker_threads(workers),
         "storage": storage_label(storage_url, journal),
         **{f"space.{name}": describe(dist) for name, dist in settings.search_space.items()},
     }
