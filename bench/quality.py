@@ -7,7 +7,11 @@ commands; then the classic peers are fitted on that task's train + validation ro
 scored on its test rows: gradient boosting and a linear model for tables, 1-NN Euclidean
 for series, TF-IDF + logistic regression for text.
 
-    python bench/quality.py [--only wine,arrowhead] [--quick] [--workdir DIR [--reuse]] [--keep] [--out FILE]
+With `--add`, each table is declared by `modelyard add NAME --source CSV --target COLUMN`
+instead, exactly as a user with their own file would (schema, problem, encoders and
+budgets inferred; no edits); sets with a published test file are left out then.
+
+    python bench/quality.py [--only wine,arrowhead] [--add] [--quick] [--workdir DIR [--reuse]] [--keep] [--out FILE]
 """
 
 from __future__ import annotations
@@ -96,6 +100,19 @@ def write_params(project: Path, tasks: dict[str, dict[str, Any]]) -> None:
     )
     shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
     load_settings(project / "params.yaml")
+
+
+def added_entries(project: Path, entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each entry declared again by `modelyard add` from its CSV and target alone, as a user
+    would; the entries params.yaml then holds."""
+    write_params(project, {})
+    for name, entry in entries.items():
+        command = [*modelyard_command(), "add", name, "--source", entry["source"]["path"], "--target", entry["target"]]
+        done = subprocess.run(command, cwd=project, capture_output=True, text=True)
+        log(f"  modelyard {' '.join(command[1:])}")
+        if done.returncode != 0:
+            sys.exit(f"error: modelyard add {name} failed:\n{done.stderr}")
+    return yaml.safe_load((project / "params.yaml").read_text())["tasks"]
 
 
 def entry_problem(name: str, entry: dict[str, Any]) -> str | None:
@@ -499,6 +516,7 @@ def main() -> None:
         action="store_true",
         help="with --workdir: score a dataset's model trained there before instead of running its stages again",
     )
+    parser.add_argument("--add", action="store_true", help="declare each table with `modelyard add` (see above)")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the harness: not quality figures")
     parser.add_argument(
         "--out", type=Path, help="markdown report (default bench/QUALITY.md, --quick: bench/QUALITY_quick.md)"
@@ -541,8 +559,14 @@ def main() -> None:
                 base |= {"problem": entry["problem"], "metric": "?", "published_split": "test" in entry["source"]}
                 results.append(base | {"failed": {"stage": "params", "error": problem}})
                 continue
+            if args.add and "test" in entry["source"]:
+                log(f"{dataset.name}: a published test file; --add declares tables of one file only, left out")
+                continue
             entries[dataset.name] = entry
-        write_params(project, entries)
+        if args.add:
+            entries = added_entries(project, entries)
+        else:
+            write_params(project, entries)
         for number, dataset in enumerate([d for d in chosen if d.name in entries], 1):
             log(f"[{number}/{len(entries)}] {dataset.name}")
             results.append(run_dataset(project, dataset, entries[dataset.name], args.stage_timeout, args.reuse))
