@@ -69,12 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lifecycle_commands(commands)
     add = commands.add_parser(
         "add",
-        help="write a complete task into params.yaml, inferred from a table or an image folder",
-        description="Infer schema, problem, family and encoders from a table or an image folder and add the "
+        help="write a complete task into params.yaml, inferred from a table or images",
+        description="Infer schema, problem, family and encoders from a table, an image folder or an image "
+        "array (.npz, .npy, IDX with --labels) and add the "
         "task to params.yaml (the rest of the file kept as it is); a source outside data/sources/ is copied there.",
     )
     add.add_argument("name", help="the new task's name")
-    add.add_argument("--source", type=Path, required=True, help="a CSV or Parquet table, or an image folder")
+    add.add_argument(
+        "--source", type=Path, required=True, help="a CSV or Parquet table, an image folder, or an image array"
+    )
+    add.add_argument("--labels", type=Path, help="the labels file of an IDX or .npy images file")
     add.add_argument("--target", help="the column to predict (an image folder: the label's name, default label)")
     add.add_argument("--problem", choices=["binary", "multiclass", "regression"], help="default: inferred")
     add.add_argument("--family", choices=["ann", "lstm"], help="default: inferred (lstm for text, series, sequences)")
@@ -167,7 +171,14 @@ def run_add(args: argparse.Namespace, root: Path) -> int:
     from modelyard.onboarding import add_task
 
     text, inferred = add_task(
-        root, args.name, args.source, args.target, problem=args.problem, family=args.family, dry_run=args.dry_run
+        root,
+        args.name,
+        args.source,
+        args.target,
+        labels=args.labels,
+        problem=args.problem,
+        family=args.family,
+        dry_run=args.dry_run,
     )
     for note in inferred.notes:
         say(f"add {args.name}: {note}")

@@ -187,20 +187,17 @@ def infer_task(frame: pd.DataFrame, source: str, target: str, problem: str | Non
     return Inferred(entry, notes)
 
 
-def infer_image_task(folder: Path, source: str, target: str) -> Inferred:
-    """An image task (`cnn`) from a folder of one subfolder per class; `target` names the
-    label column the task declares."""
-    from modelyard.data.images import read_image_folder
-
-    images, labels = read_image_folder(folder)
+def infer_image_task(images: np.ndarray, labels: np.ndarray, source: dict[str, str], target: str) -> Inferred:
+    """An image task (`cnn`) from its images (N, H, W, C) and labels, read from `source`
+    (its params.yaml section); `target` names the label column the task declares."""
     classes = sorted(map(str, set(labels)))
     if len(classes) < 2:
         raise ModelyardError(
-            f"{folder} has images of {len(classes)} class", "give one subfolder per class, two or more"
+            f"{source['path']} has images of {len(classes)} class", "give images of two classes or more"
         )
     n_images, height, width, channels = images.shape
     entry: dict[str, Any] = {
-        "source": {"path": source},
+        "source": source,
         "target": target,
         "problem": "binary" if len(classes) == 2 else "multiclass",
         "family": "cnn",
@@ -291,19 +288,31 @@ def add_task(
     path: Path,
     target: str | None,
     *,
+    labels: Path | None = None,
     problem: str | None = None,
     family: str | None = None,
     dry_run: bool = False,
 ) -> tuple[str, Inferred]:
-    """Infer the task, check it parses, and (unless `dry_run`) copy the file under
-    data/sources/ and write the entry into params.yaml. Returns the entry as YAML text."""
+    """Infer the task, check it parses, and (unless `dry_run`) copy the file (and an image
+    array's `labels` file) under data/sources/ and write the entry into params.yaml.
+    Returns the entry as YAML text."""
     from ruamel.yaml import YAML
 
+    from modelyard.data.images import labels_beside, read_image_source
+
+    if not path.exists():
+        raise ModelyardError(f"{path} not found", "give --source an existing table, image folder or image array")
     is_table = path.is_file() and path.suffix.lower() in TABLE_SUFFIXES
-    if not (is_table or path.is_dir()):
+    is_array = path.is_file() and path.suffix.lower() in (".npz", ".npy")
+    if not (is_table or is_array or path.is_dir() or labels is not None):
         raise ModelyardError(
-            f"{path} is neither a .csv / .parquet table nor an image folder",
-            "give --source a CSV or Parquet table, or a folder with one subfolder of images per class",
+            f"{path} is not a .csv / .parquet table, an image folder or a .npz / .npy image array",
+            "give one of those, or an IDX images file with --labels LABELS_FILE",
+        )
+    if labels is not None and (is_table or not labels.is_file()):
+        raise ModelyardError(
+            f"--labels {labels} " + ("goes with an image array or IDX file" if is_table else "is not a file"),
+            "give --labels only with a .npy or IDX images file: the file of their labels",
         )
     params_path = root / "params.yaml"
     yaml = YAML()
@@ -312,8 +321,10 @@ def add_task(
     tasks = document.get("tasks") or {}
     if name in tasks:
         raise ModelyardError(f"params.yaml already has a task {name!r}", "pick another name, or remove that task first")
-    inside = _inside(path.resolve(), (root / SOURCES).resolve())
-    source = (SOURCES / (path.name if inside is None else inside)).as_posix()
+    if is_array and path.suffix.lower() == ".npy" and labels is None:
+        labels = labels_beside(path)  # written into the entry, and copied with the images
+    copies = {file: _source_path(root, file) for file in (path, labels) if file is not None}
+    source = copies[path].as_posix()
     if is_table and target is None:
         raise ModelyardError("a table task needs its target column", "add --target COLUMN")
     if is_table:
@@ -323,7 +334,9 @@ def add_task(
             inferred.entry["source"]["decimal"] = ","
             inferred.notes.append("numbers are written with a decimal comma (source.decimal: ',')")
     else:
-        inferred = infer_image_task(path, source, target or "label")
+        images, image_labels = read_image_source(path, labels)
+        section = {"path": source} | ({"labels": copies[labels].as_posix()} if labels is not None else {})
+        inferred = infer_image_task(images, image_labels, section, target or "label")
     text = _dump(yaml, _quoted({name: inferred.entry}))
     candidate = _plain(document)
     # the entry as params.yaml will read it back must be a valid task before anything is written
@@ -331,17 +344,19 @@ def add_task(
     parse_settings(candidate)
     if dry_run:
         return text, inferred
-    if inside is None:
-        destination = root / source
+    for file, relative in copies.items():
+        if _inside(file.resolve(), (root / SOURCES).resolve()) is not None:
+            continue
+        destination = root / relative
         if destination.exists():
             raise ModelyardError(f"{destination} already exists", "remove it, or add the task from that file")
         destination.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(destination) as temporary:
-            if is_table:
-                shutil.copyfile(path, temporary)
+            if file.is_dir():
+                shutil.copytree(file, temporary)
             else:
-                shutil.copytree(path, temporary)
-        inferred.notes.append(f"copied {path} to {source}")
+                shutil.copyfile(file, temporary)
+        inferred.notes.append(f"copied {file} to {relative.as_posix()}")
     with atomic_path(params_path) as temporary:
         temporary.write_text(insert_task(original, document, text))
     return text, inferred
@@ -369,6 +384,12 @@ def insert_task(original: str, document: Any, entry: str) -> str:
 
 def _indent(text: str, width: int) -> str:
     return "".join(" " * width + line if line.strip() else line for line in text.splitlines(keepends=True))
+
+
+def _source_path(root: Path, file: Path) -> Path:
+    """Where params.yaml finds `file`: its place under data/sources/, or the copy made there."""
+    inside = _inside(file.resolve(), (root / SOURCES).resolve())
+    return SOURCES / (file.name if inside is None else inside)
 
 
 def _inside(path: Path, folder: Path) -> Path | None:

@@ -13,7 +13,15 @@ from modelyard.cli import main
 from modelyard.config import load_settings
 from modelyard.stages import STAGES, Context
 from tests.conftest import REPO
-from tests.integration.test_family_pipelines import reviews, trends, weekly_series, write_image_folder
+from tests.integration.test_family_pipelines import (
+    SHAPES,
+    reviews,
+    shape_image,
+    trends,
+    weekly_series,
+    write_image_folder,
+)
+from tests.unit.test_family_data import idx_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,18 +72,29 @@ def test_an_added_semicolon_table_runs_to_a_registered_model(tmp_path: Path, mlf
     assert json.loads(ctx.paths.metrics.read_text())["test_accuracy"] > majority + 0.05
 
 
-def image_folder(folder: Path) -> Path:
+def image_folder(folder: Path) -> list[str]:
     write_image_folder(folder, per_class=30)
-    return folder
+    return ["--source", str(folder)]
 
 
-def table(frame: pd.DataFrame, path: Path) -> Path:
+def idx_files(folder: Path) -> list[str]:
+    """The same shapes as an IDX images file and its labels file (the MNIST format)."""
+    rng = np.random.default_rng(0)
+    kinds = [kind for kind in SHAPES for _ in range(30)]
+    folder.mkdir()
+    (folder / "images-idx3-ubyte").write_bytes(idx_bytes(np.stack([shape_image(k, rng) for k in kinds]), 0x08))
+    (folder / "labels-idx1-ubyte").write_bytes(idx_bytes(np.array([SHAPES.index(k) for k in kinds], np.uint8), 0x08))
+    return ["--source", str(folder / "images-idx3-ubyte"), "--labels", str(folder / "labels-idx1-ubyte")]
+
+
+def table(frame: pd.DataFrame, path: Path) -> list[str]:
     frame.to_csv(path, index=False)
-    return path
+    return ["--source", str(path)]
 
 
-KINDS = {  # kind: (write the source, target, what the task must be)
+KINDS = {  # kind: (write the source, giving add's arguments; target; what the task must be)
     "images": (lambda d: image_folder(d / "shapes"), None, {"family": "cnn", "kind": "images"}),
+    "idx": (lambda d: idx_files(d / "idx"), None, {"family": "cnn", "kind": "images"}),
     "sequences": (lambda d: table(trends(80), d / "trends.csv"), "trend", {"family": "lstm", "kind": "sequence"}),
     "text": (lambda d: table(reviews(160), d / "reviews.csv"), "sentiment", {"family": "lstm", "kind": "text"}),
     "series": (lambda d: table(weekly_series(260), d / "level.csv"), "level", {"family": "lstm", "kind": "series"}),
@@ -91,8 +110,7 @@ def test_each_kind_of_source_is_added_and_runs_to_a_registered_model(
     root.mkdir()
     (root / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
     (root / "params.yaml").write_text("seed: 0\ndevice: cpu\ntasks: {}\n")
-    source = write(tmp_path)
-    args = ["add", kind, "--source", str(source), "--params", str(root / "params.yaml")]
+    args = ["add", kind, *write(tmp_path), "--params", str(root / "params.yaml")]
     assert main([*args, *(["--target", target] if target else [])]) == 0
     ctx = Context(root, load_settings(root / "params.yaml"), kind)
     assert ctx.task.family == expected["family"] and ctx.task.kind == expected["kind"]

@@ -160,3 +160,25 @@ def test_a_rare_positive_class_is_judged_on_f1() -> None:
     assert inferred.entry["positive_label"] == "yes" and inferred.entry["registry"] == {"metric": "f1"}
     balanced = infer_task(customers(), "c.csv", "churned", None, None).entry  # 25% positives
     assert balanced["registry"] == {}
+
+
+def test_an_image_array_is_added_with_the_labels_file_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("tasks: {}\n")
+    arrays = tmp_path / "download"
+    arrays.mkdir()
+    np.save(arrays / "train_x.npy", np.random.default_rng(0).integers(0, 255, (12, 6, 5), dtype=np.uint8))
+    np.save(arrays / "train_y.npy", np.array(["cat", "dog"] * 6))
+    text, _ = add_task(tmp_path, "pets", arrays / "train_x.npy", None)
+    entry = yaml.safe_load(text)["pets"]
+    assert entry["family"] == "cnn" and entry["problem"] == "binary"
+    assert entry["source"] == {"path": "data/sources/train_x.npy", "labels": "data/sources/train_y.npy"}
+    assert entry["schema"]["image"] == {"height": 6, "width": 5, "channels": 1}
+    assert (tmp_path / "data" / "sources" / "train_y.npy").is_file()  # both files copied
+    assert load_settings(tmp_path / "params.yaml").task("pets").kind == "images"
+
+
+def test_a_file_that_is_neither_table_nor_images_says_what_add_takes(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not data\n")
+    with pytest.raises(ModelyardError, match=r"not a \.csv / \.parquet table") as info:
+        add_task(tmp_path, "notes", tmp_path / "notes.txt", "y")
+    assert "--labels" in info.value.hint

@@ -126,7 +126,7 @@ def read_labelled_arrays(path: str | Path, labels_path: str | Path | None = None
     if file.suffix.lower() == ".npz":
         x, y = _read_npz(file)
     elif file.suffix.lower() == ".npy":
-        labels_file = Path(labels_path) if labels_path is not None else _labels_beside(file)
+        labels_file = Path(labels_path) if labels_path is not None else labels_beside(file)
         x, y = _load_npy(file), _load_npy(labels_file)
     else:
         raise ModelyardError(f"{file} is neither a .npz nor a .npy file", "give a .npz, or the data .npy")
@@ -186,7 +186,8 @@ def _load_npy(file: Path) -> np.ndarray:
         raise ModelyardError(f"cannot read {file}: {exc}", "save it with np.save as a plain numeric array") from None
 
 
-def _labels_beside(file: Path) -> Path:
+def labels_beside(file: Path) -> Path:
+    """The labels .npy next to an images .npy (see `read_arrays` for the names it tries)."""
     stem = file.stem
     tried: list[Path] = []
     for images_part, labels_parts in (("x", ["y"]), ("X", ["y", "Y"]), ("images", ["labels"])):
@@ -326,9 +327,14 @@ def read_images(source: SourceSettings, root: Path) -> tuple[np.ndarray, np.ndar
     if source.builtin == "mnist":
         return builtin_mnist()
     path = root / str(source.path)
-    labels = root / source.labels if source.labels else None
     if not path.exists():
         raise ModelyardError(f"image source {path} not found", "check tasks.<task>.source.path in params.yaml")
+    return read_image_source(path, root / source.labels if source.labels else None)
+
+
+def read_image_source(path: Path, labels: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels from a folder of one subfolder per class, a .npz, a .npy (with
+    `labels`, or the labels file beside it) or an IDX images file with its `labels` file."""
     if path.is_dir():
         return read_image_folder(path)
     if path.suffix.lower() in (".npz", ".npy"):
