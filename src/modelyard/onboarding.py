@@ -175,6 +175,9 @@ def infer_task(frame: pd.DataFrame, source: str, target: str, problem: str | Non
     else:
         features = _encoders(columns, target, problem)
         schema_extra = {}
+        unused = [c for c, s in columns.items() if s["type"] in ("datetime", "text") and c != target]
+        if unused:  # a tabular network takes numbers and categories
+            notes.append(f"{', '.join(map(repr, unused))}: validated, but no feature of a table task (not a number)")
     entry.update(
         schema={"columns": columns, **schema_extra},
         split=split,

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modelyard.config import load_settings
+from modelyard.stages import STAGES, Context
 from tests.conftest import REPO, toy_frame, toy_params
 
 pytestmark = pytest.mark.slow
@@ -47,14 +49,18 @@ def outcome(root: Path) -> dict[str, dict]:
     }
 
 
-def test_the_same_params_and_seed_give_the_same_model_twice(tmp_path: Path) -> None:
-    # The features once (their own tests check those stages); the study and model twice.
+def test_the_same_params_and_seed_give_the_same_model_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The features once, in this process (their own tests check those stages); the study
+    # and the model twice, each stage a fresh process.
     base = tmp_path / "base"
     (base / "data" / "sources").mkdir(parents=True)
     shutil.copy(REPO / "dvc.yaml", base / "dvc.yaml")
     (base / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     toy_frame().to_csv(base / "data" / "sources" / "toy.csv", index=False)
-    run_stages(base, DATA_STAGES)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
+    ctx = Context(base, load_settings(base / "params.yaml"), "toy")
+    for name in DATA_STAGES:
+        STAGES[name](ctx)
     runs = []
     for name in ("first", "second"):
         shutil.copytree(base, tmp_path / name)

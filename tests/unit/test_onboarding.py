@@ -79,6 +79,14 @@ def test_a_table_task_leaves_out_identifiers_and_encodes_many_levels_by_target()
     assert set(entry) >= {"split", "features", "model", "tune", "train", "registry"}  # every DVC section
 
 
+def test_a_date_column_of_a_table_task_is_said_to_be_no_feature() -> None:
+    frame = customers()
+    frame["signup"] = frame["signup"].where(frame.index % 3 > 0, "2024-02-01")  # repeated dates: no identifier
+    inferred = infer_task(frame, "data/sources/c.csv", "churned", None, None)
+    assert inferred.entry["schema"]["columns"]["signup"] == {"type": "datetime"}
+    assert any("'signup'" in note and "no feature" in note for note in inferred.notes)
+
+
 @pytest.mark.parametrize(
     ("values", "problem"),
     [([1, 2, 3, 4] * 30, "multiclass"), (list(np.linspace(0, 1, 120)), "regression"), ([0, 1] * 60, "binary")],
