@@ -563,7 +563,10 @@ class TaskSettings(Frozen):
         if "lstm" not in {self.arch, *((searched_archs.choices or ()) if searched_archs else ())}:
             return
         searched = self.tune.search_space.get("n_layers")
-        if min(self.model.n_layers, searched.low if searched and searched.low is not None else 1) < 1:
+        depths = [self.model.n_layers]
+        if searched is not None:
+            depths += list(searched.choices) if searched.choices is not None else [searched.low]
+        if min(depths) < 1:
             raise ValueError("n_layers must be at least 1 for an LSTM; 0 (a linear model) is for the ann family")
 
     def _check_losses(self) -> None:

@@ -326,7 +326,9 @@ def add_task(
         raise ModelyardError(f"params.yaml already has a task {name!r}", "pick another name, or remove that task first")
     if is_array and path.suffix.lower() == ".npy" and labels is None:
         labels = labels_beside(path)  # written into the entry, and copied with the images
-    copies = {file: _source_path(root, file) for file in (path, labels) if file is not None}
+    # each file's place under data/sources/ (None: outside it, copied there on writing)
+    inside = {file: _inside(file.resolve(), (root / SOURCES).resolve()) for file in (path, labels) if file}
+    copies = {file: SOURCES / (file.name if place is None else place) for file, place in inside.items()}
     source = copies[path].as_posix()
     if is_table and target is None:
         raise ModelyardError("a table task needs its target column", "add --target COLUMN")
@@ -348,7 +350,7 @@ def add_task(
     if dry_run:
         return text, inferred
     for file, relative in copies.items():
-        if _inside(file.resolve(), (root / SOURCES).resolve()) is not None:
+        if inside[file] is not None:
             continue
         destination = root / relative
         if destination.exists():
@@ -387,12 +389,6 @@ def insert_task(original: str, document: Any, entry: str) -> str:
 
 def _indent(text: str, width: int) -> str:
     return "".join(" " * width + line if line.strip() else line for line in text.splitlines(keepends=True))
-
-
-def _source_path(root: Path, file: Path) -> Path:
-    """Where params.yaml finds `file`: its place under data/sources/, or the copy made there."""
-    inside = _inside(file.resolve(), (root / SOURCES).resolve())
-    return SOURCES / (file.name if inside is None else inside)
 
 
 def _inside(path: Path, folder: Path) -> Path | None:

@@ -161,13 +161,14 @@ def test_range_outside_a_hyperparameters_limits_is_rejected(raw: dict, name: str
     assert f"search_space.{name}" in problem_text(raw)
 
 
-@pytest.mark.parametrize("where", ["model", "search_space"])
+@pytest.mark.parametrize("where", ["model", "range", "choices"])
 def test_an_lstm_of_depth_0_is_rejected_and_an_mlp_of_depth_0_is_accepted(raw: dict, where: str) -> None:
     co2 = raw["tasks"]["co2"]
+    searched = {"range": {"low": 0, "high": 2}, "choices": {"choices": [2, 0]}}
     if where == "model":
         co2.setdefault("model", {})["n_layers"] = 0
     else:
-        co2.setdefault("tune", {}).setdefault("search_space", {})["n_layers"] = {"low": 0, "high": 2}
+        co2.setdefault("tune", {}).setdefault("search_space", {})["n_layers"] = searched[where]
     assert "n_layers must be at least 1 for an LSTM" in problem_text(raw)
     del raw["tasks"]["co2"]
     adult(raw).setdefault("model", {})["n_layers"] = 0
