@@ -208,8 +208,9 @@ def _load_preprocessing(ctx: Context) -> dict[str, Any]:
 
 
 def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) -> None:
-    """Run, resume or join the Optuna study with `workers` processes; write the best
-    hyperparameters and the best trial's weights.
+    """Run, resume or join the Optuna study with `workers` processes; write the selected
+    trial's hyperparameters and weights: the best trial's, or on a small validation split the
+    smallest network within one standard error of it (`selection.py`).
 
     The study searches the task's search space completed by the family's defaults
     (`search_space.py`). The storage is `tasks.<task>.tune.storage` (an RDB URL; the same
@@ -218,7 +219,7 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
     a new study.
     """
     from modelyard import tracking
-    from modelyard.search_space import base_hparams, describe, space_size, tuning_task
+    from modelyard.search_space import describe, space_size, tuning_task
     from modelyard.tuning import (
         Arrays,
         checkpoint_path,
@@ -276,19 +277,66 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
     finally:
         if progress:
             progress.close()
-    hparams = Hyperparams.model_validate({**base_hparams(ctx.task).model_dump(), **result.best_params})
-    keep_best_trial(checkpoint_path(checkpoints, result.best_trial), ctx.paths.best_trial, result.best_trial)
+    chosen, selection = _selected_trial(ctx, task, arrays, size, result, checkpoints)
+    keep_best_trial(checkpoint_path(checkpoints, chosen.number), ctx.paths.best_trial, chosen.number)
     write_json(
         ctx.paths.best_params,
         {
             "study": result.study_name,
             "best_trial": result.best_trial,
             task.monitor: result.best_value,
-            "hparams": hparams.model_dump(),
+            "selected_trial": chosen.number,
+            "selection": selection,
+            "hparams": chosen.hparams.model_dump(),
             "trials": {"complete": result.n_complete, "pruned": result.n_pruned, "failed": result.n_failed},
         },
     )
     say(f"tune {ctx.task_name}: best {task.monitor}={result.best_value:.4f} (trial {result.best_trial})")
+    if chosen.number != result.best_trial:
+        say(
+            f"tune {ctx.task_name}: train builds on trial {chosen.number} ({task.monitor}={chosen.value:.4f}), "
+            f"the smallest network within one standard error ({selection['standard_error']:.4f}) of the best"
+        )
+
+
+def _selected_trial(ctx: Context, task: TaskSettings, arrays, size, result, checkpoints: Path):
+    """(the trial train builds on, how it was chosen): the study's best, or on a small
+    validation split the smallest network within one standard error of it (`selection.py`)."""
+    from modelyard.search_space import base_hparams
+    from modelyard.selection import Candidate, applies, n_parameters, simplest_within, standard_error, within
+    from modelyard.training import FitOptions, load_checkpoint, score
+    from modelyard.tuning import checkpoint_path
+
+    def hparams_of(params: dict) -> Hyperparams:
+        return Hyperparams.model_validate({**base_hparams(ctx.task).model_dump(), **params})
+
+    best = Candidate(result.best_trial, result.best_value, hparams_of(result.best_params))
+    val = (arrays["x_val"], arrays["y_val"])
+    weights = load_checkpoint(checkpoint_path(checkpoints, best.number)) if applies(len(val[1])) else None
+    if weights is None:  # a large validation split, or the best trial's weights are on another machine
+        return best, {"rule": "best"}
+    network = _network(arrays, size, task, best.hparams)
+    network.load_state_dict(weights["state_dict"])
+    options = FitOptions.for_task(
+        task,
+        max_epochs=None,
+        patience=0,
+        seed=ctx.settings.seed,
+        device="cpu",
+        target_scale=size["target_scale"],
+        target_offset=size["target_offset"],
+    )
+
+    def metric_of(samples: tuple[np.ndarray, np.ndarray]) -> float:
+        return score(network, samples, best.hparams, options)[task.monitor]
+
+    error = standard_error(metric_of, val, ctx.settings.seed)
+    candidates = [Candidate(number, value, hparams_of(params)) for number, value, params in result.complete]
+    chosen = simplest_within(
+        candidates, best, error, result.minimize, lambda h: n_parameters(_network(arrays, size, task, h))
+    )
+    close = [c.number for c in within(candidates, best, error, result.minimize)]
+    return chosen, {"rule": "one_standard_error", "standard_error": error, "within": close, "value": chosen.value}
 
 
 def keep_best_trial(checkpoint: Path, target: Path, trial: int) -> None:

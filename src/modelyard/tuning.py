@@ -19,7 +19,8 @@ Search. The space is the task's `tune.search_space` completed by the family's de
 (`search_space.py`). A space with no more configurations than trials is enumerated, each
 configuration once; otherwise TPE draws, and a configuration it draws again reuses the
 earlier trial's value instead of training it twice. A trial that beats the study's best
-so far saves its weights under `checkpoint_dir`, so the train stage can keep them.
+so far (on a small validation split, every completed trial: see `selection.py`) saves its
+weights under `checkpoint_dir`, so the train stage can keep them.
 
 Faults. Every trial records its worker (host, pid, a per-process token) and its MLflow run
 id as user attributes. A RUNNING trial whose worker is gone is marked FAIL in Optuna and
@@ -69,6 +70,7 @@ from modelyard.files import process_alive
 from modelyard.models import build_model
 from modelyard.redaction import redact
 from modelyard.search_space import describe, space_size
+from modelyard.selection import applies
 from modelyard.training import AUTO_TUNE, FitOptions, TrainingDiverged, epoch_budget, fit, save_checkpoint
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -118,6 +120,8 @@ class StudyResult:
     n_complete: int
     n_pruned: int
     n_failed: int
+    complete: tuple[tuple[int, float, dict], ...] = ()  # (number, value, params) of each trained, completed trial
+    minimize: bool = True  # the study's direction
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class StudySetup:
     parent_run_id: str
     trial_tags: dict[str, str]
     heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S)
-    checkpoint_dir: Path | None = None  # where a trial that beats the study's best saves its weights
+    checkpoint_dir: Path | None = None  # where a trial that beats the study's best (small data: each) saves weights
     datasets: tuple = ()  # MLflow dataset inputs (the train and validation splits) of every trial run
 
 
@@ -416,7 +420,8 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
             raise TrainingDiverged(f"{task.monitor} is {value}")
         run.log_metrics({f"best_{task.monitor}": value})
         run.log_params({"best_epoch": result.best_epoch})
-        if setup.checkpoint_dir is not None and beats_study(trial.study, value):
+        # On small data every completed trial may become the final model's (`selection.py`).
+        if setup.checkpoint_dir is not None and (applies(len(arrays.y_val)) or beats_study(trial.study, value)):
             path = checkpoint_path(setup.checkpoint_dir, trial.number)
             save_checkpoint(path, model, result.best_metrics, result.best_epoch, trial.number)
         return value
@@ -785,6 +790,7 @@ def run_study(
             "check the search space (e.g. a lower learning rate) and the data",
         )
     best = study.best_trial
+    trained = [t for t in complete if "duplicate_of" not in t.user_attrs]
     return StudyResult(
         study_name=study_name,
         best_params=best.params,
@@ -793,4 +799,6 @@ def run_study(
         n_complete=len(complete),
         n_pruned=count((TrialState.PRUNED,)),
         n_failed=count((TrialState.FAIL,)),
+        complete=tuple((t.number, float(t.value), t.params) for t in trained),
+        minimize=study.direction == optuna.study.StudyDirection.MINIMIZE,
     )

@@ -125,6 +125,9 @@ def test_the_trained_model_is_no_worse_on_validation_than_its_best_trial(trained
     # the toy task validates on 64 rows, fewer than 100: trials and models are judged on the
     # validation loss, and the two members cross-fit (the second also learns from validation)
     assert best["val_loss"] == trial["val_loss"]
+    # equally large networks (the toy fixes the layers): the rule keeps the best trial
+    assert best["selection"]["rule"] == "one_standard_error" and best["selected_trial"] == best["best_trial"]
+    assert best["best_trial"] in best["selection"]["within"]
     assert summary["selected_on"] == "val_loss"
     assert summary["val_split"]["val_loss"] <= trial["val_loss"]  # member 0, or the best trial itself
     assert summary["source"] in {"cross_fit", "cross_fit_best_trial"}
