@@ -11,7 +11,13 @@ With `--add`, each table is declared by `modelyard add NAME --source CSV --targe
 instead, exactly as a user with their own file would (schema, problem, encoders and
 budgets inferred; no edits); sets with a published test file are left out then.
 
-    python bench/quality.py [--only wine,arrowhead] [--add] [--quick] [--workdir DIR [--reuse]] [--keep] [--out FILE]
+With `--seeds N`, each dataset runs N times, with params seeds 0..N-1: another split (unless
+the set has a published test file) and another initialisation each time. One 100-row test
+split moves a figure by a full point a row; the pooled figure over N splits is the steadier
+one, and its standard error shrinks with the pooled samples.
+
+    python bench/quality.py [--only wine,arrowhead] [--add] [--quick] [--seeds N]
+                            [--workdir DIR [--reuse]] [--keep] [--out FILE]
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ QUICK = {"tune": {"n_trials": 2, "max_epochs": 2}, "train": {"max_epochs": 2}}
 MARKER = ".modelyard-quality"  # a workdir this script made: safe to clear task outputs in
 N_BOOTSTRAP = 1000
 TAIL_LINES = 6
+SAMPLES = "_samples"  # per-sample arrays of a result: pooled over seeds, never written to the JSON
 
 
 @dataclass
@@ -90,22 +97,22 @@ def task_entry(project: Path, dataset: Dataset, prepared: Prepared, quick: bool)
     return entry
 
 
-def write_params(project: Path, tasks: dict[str, dict[str, Any]]) -> None:
+def write_params(project: Path, tasks: dict[str, dict[str, Any]], seed: int) -> None:
     """params.yaml, checked the way the stages read it; dvc.yaml only marks the project root."""
     from modelyard.config import load_settings
 
     (project / "params.yaml").write_text(
-        yaml.safe_dump({"seed": 0, "device": "auto", "tasks": tasks}, sort_keys=False, allow_unicode=True),
+        yaml.safe_dump({"seed": seed, "device": "auto", "tasks": tasks}, sort_keys=False, allow_unicode=True),
         encoding="utf-8",
     )
     shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
     load_settings(project / "params.yaml")
 
 
-def added_entries(project: Path, entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def added_entries(project: Path, entries: dict[str, dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
     """Each entry declared again by `modelyard add` from its CSV and target alone, as a user
     would; the entries params.yaml then holds."""
-    write_params(project, {})
+    write_params(project, {}, seed)
     for name, entry in entries.items():
         command = [*modelyard_command(), "add", name, "--source", entry["source"]["path"], "--target", entry["target"]]
         done = subprocess.run(command, cwd=project, capture_output=True, text=True)
@@ -399,17 +406,71 @@ def run_dataset(
     except Exception as exc:  # a broken peer is reported like a failed stage; the benchmark goes on
         result["peer_failed"] = f"{type(exc).__name__}: {exc}"
         return result
-    result |= {"n_fit": n_fit, "n_test": len(truth.y)}
-    figures = {name: score(regression, truth.y, peer.predictions) for name, peer in peers.items()}
-    result["peers"] = {name: {"figure": figures[name], "seconds": peers[name].seconds} for name in peers}
-    best = (min if regression else max)(figures, key=figures.get)
-    result |= {"peer_name": best, "peer": figures[best], "peer_seconds": peers[best].seconds}
-    log("  peers     " + ", ".join(f"{name} {figure:.4f}" for name, figure in figures.items()))
     ours = modelyard_predictions(project, dataset.name, regression, truth.y) if failure is None else None
+    result |= {
+        "n_fit": n_fit,
+        "n_test": len(truth.y),
+        "peers": {name: {"seconds": p.seconds} for name, p in peers.items()},
+    }
+    result[SAMPLES] = {"truth": truth.y, "peers": {name: p.predictions for name, p in peers.items()}, "ours": ours}
+    compare(result)
+    log("  peers     " + ", ".join(f"{name} {p['figure']:.4f}" for name, p in result["peers"].items()))
+    return result
+
+
+def compare(result: dict[str, Any]) -> None:
+    """Score the peers on the result's test samples, pick the best, and judge modelyard against it."""
+    regression = result["problem"] == "regression"
+    samples = result[SAMPLES]
+    truth, ours = samples["truth"], samples["ours"]
+    figures = {name: score(regression, truth, predictions) for name, predictions in samples["peers"].items()}
+    for name, figure in figures.items():
+        result["peers"][name]["figure"] = figure
+    best = (min if regression else max)(figures, key=figures.get)
+    result |= {"peer_name": best, "peer": figures[best], "peer_seconds": result["peers"][best]["seconds"]}
     result["paired"] = ours is not None
-    result["se_peer"], result["se_diff"] = noise(regression, truth.y, peers[best].predictions, ours)
-    if failure is None:
+    result["se_peer"], result["se_diff"] = noise(regression, truth, samples["peers"][best], ours)
+    if not result.get("failed") and "modelyard" in result:
         judge(result, regression)
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One dataset over several split seeds, as one result: every seed's test samples pooled
+    (accuracy: the mean over seeds; rmse: over all pooled samples), the best peer picked on the
+    pool, and the standard errors taken over the pool's per-sample differences. The per-seed
+    figures are kept beside."""
+    result = {key: runs[0][key] for key in ("dataset", "kind", "origin", "problem", "metric", "published_split")}
+    result["seeds"] = [
+        {key: run.get(key) for key in ("seed", "modelyard", "peer", "peer_name", "ok", "failed", "modelyard_seconds")}
+        for run in runs
+    ]
+    failed = [run for run in runs if run.get("failed") or run.get("peer_failed") or SAMPLES not in run]
+    if failed:
+        return result | {key: failed[0].get(key) for key in ("failed", "peer_failed")}
+    samples = [run[SAMPLES] for run in runs]
+    ours = [s["ours"] for s in samples]
+    result[SAMPLES] = {
+        "truth": np.concatenate([s["truth"] for s in samples]),
+        "peers": {name: np.concatenate([s["peers"][name] for s in samples]) for name in samples[0]["peers"]},
+        "ours": None if any(o is None for o in ours) else np.concatenate(ours),
+    }
+    result |= {
+        "n_fit": runs[0]["n_fit"],
+        "n_test": runs[0]["n_test"],
+        "peers": {
+            name: {"seconds": float(np.mean([r["peers"][name]["seconds"] for r in runs]))} for name in runs[0]["peers"]
+        },
+        "modelyard_seconds": float(np.mean([r["modelyard_seconds"] for r in runs]))
+        if all(r.get("modelyard_seconds") for r in runs)
+        else None,
+    }
+    pool = result[SAMPLES]
+    result["modelyard"] = (  # without per-sample predictions: the mean of the seeds' figures, unpaired
+        float(np.mean([r["modelyard"] for r in runs]))
+        if pool["ours"] is None
+        else score(result["problem"] == "regression", pool["truth"], pool["ours"])
+    )
+    compare(result)
     return result
 
 
@@ -432,6 +493,15 @@ def report(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"{header['created']} · commit {header['commit']} · {header['cpus']} CPUs, load average "
         f"{header['load_start']} at start, {header['load_end']} at end · workdir `{header['workdir']}`",
         "",
+    ]
+    if header["seeds"] > 1:
+        lines += [
+            f"Each dataset ran with params seeds 0..{header['seeds'] - 1} (a split and an initialisation each; "
+            "published test files stay the same). Figures pool the test samples of all seeds; n test is one "
+            "seed's; seconds are the mean of one seed's. The per-seed figures follow the table.",
+            "",
+        ]
+    lines += [
         "| dataset | kind | n fit / test | metric | modelyard | best peer | peer | modelyard − peer | SE diff | "
         "SE peer | ok | modelyard s | peer s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -465,6 +535,21 @@ def report(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "- modelyard s: wall seconds of the tune, train and evaluate commands together (each a fresh process); "
         "peer s: the best peer's fit + predict.",
     ]
+    seeded = [r for r in results if "seeds" in r]
+    if seeded:
+        lines += [
+            "",
+            "## Per seed",
+            "",
+            "| dataset | seed | modelyard | best peer | peer | ok |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in seeded:
+            for run in r["seeds"]:
+                ok = {True: "yes", False: "**no**", None: "–"}[run.get("ok")]
+                ours = f"failed: {run['failed']['stage']}" if run.get("failed") else fmt(run.get("modelyard"))
+                peer = f"{fmt(run.get('peer'))} | {run.get('peer_name', '–')}"
+                lines.append(f"| {r['dataset']} | {run['seed']} | {ours} | {peer} | {ok} |")
     failures = [r for r in results if r.get("failed") or r.get("peer_failed")]
     if failures:
         lines += ["", "## Failures", ""]
@@ -477,6 +562,11 @@ def report(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
     lines += ["", "## Datasets", ""]
     lines += [f"- `{r['dataset']}` ({r['problem']}): {r['origin']}" for r in results]
     return "\n".join(lines) + "\n"
+
+
+def public(result: dict[str, Any]) -> dict[str, Any]:
+    """A result as the JSON file keeps it: without its per-sample arrays."""
+    return {key: value for key, value in result.items() if key != SAMPLES}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -521,6 +611,13 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, help="markdown report (default bench/QUALITY.md, --quick: bench/QUALITY_quick.md)"
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="run each dataset with params seeds 0..N-1 (other splits and initialisations) and pool the test "
+        "samples of all seeds (default 1)",
+    )
     parser.add_argument("--stage-timeout", type=float, default=7200.0, help="seconds one stage may take (default 7200)")
     args = parser.parse_args()
     chosen = DATASETS
@@ -539,11 +636,12 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_start": load(),
         "workdir": str(project),
+        "seeds": args.seeds,
     }
     log(f"workdir {project}")
     results: list[dict[str, Any]] = []
     try:
-        entries: dict[str, dict[str, Any]] = {}
+        chosen_prepared: dict[str, tuple[Dataset, Prepared]] = {}
         for dataset in chosen:
             base = {"dataset": dataset.name, "kind": dataset.kind, "origin": dataset.origin, "published_split": False}
             try:
@@ -562,14 +660,23 @@ def main() -> None:
             if args.add and "test" in entry["source"]:
                 log(f"{dataset.name}: a published test file; --add declares tables of one file only, left out")
                 continue
-            entries[dataset.name] = entry
-        if args.add:
-            entries = added_entries(project, entries)
-        else:
-            write_params(project, entries)
-        for number, dataset in enumerate([d for d in chosen if d.name in entries], 1):
-            log(f"[{number}/{len(entries)}] {dataset.name}")
-            results.append(run_dataset(project, dataset, entries[dataset.name], args.stage_timeout, args.reuse))
+            chosen_prepared[dataset.name] = (dataset, prepared)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen_prepared}
+        for seed in range(args.seeds):
+            folder = project if args.seeds == 1 else project / f"seed-{seed}"
+            entries = {
+                name: task_entry(folder, dataset, prepared, args.quick)
+                for name, (dataset, prepared) in chosen_prepared.items()
+            }
+            if args.add:
+                entries = added_entries(folder, entries, seed)
+            else:
+                write_params(folder, entries, seed)
+            for number, (name, (dataset, _)) in enumerate(chosen_prepared.items(), 1):
+                log(f"[{number}/{len(entries)}] {name}" + (f", seed {seed}" if args.seeds > 1 else ""))
+                run = run_dataset(folder, dataset, entries[name], args.stage_timeout, args.reuse)
+                runs[name].append(run | {"seed": seed})
+        results += [found[0] if args.seeds == 1 else pooled(found) for found in runs.values()]
     finally:
         if args.workdir is None and not args.keep:
             shutil.rmtree(project, ignore_errors=True)
@@ -580,7 +687,10 @@ def main() -> None:
     text = report(results, header)
     print(text)
     write_atomic(out, text)
-    write_atomic(out.with_suffix(".json"), json.dumps({**header, "results": results}, indent=2, default=float) + "\n")
+    write_atomic(
+        out.with_suffix(".json"),
+        json.dumps({**header, "results": [public(r) for r in results]}, indent=2, default=float) + "\n",
+    )
     log(f"wrote {out} and {out.with_suffix('.json')}")
 
 
