@@ -70,7 +70,7 @@ def best_val_accuracy(ctx: Any, best: dict[str, Any]) -> float:
     import optuna
 
     from modelyard import tracking
-    from modelyard.tuning import open_storage
+    from modelyard.tuning.storage import open_storage
 
     study = optuna.load_study(study_name=best["study"], storage=open_storage(None, ctx.paths.study_journal))
     client = tracking.connect(ctx.root)
@@ -100,7 +100,7 @@ def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, wo
         stage(ctx)
     # Untimed, like the peer's set_experiment: create the MLflow store and import the tuning code.
     tracking.experiment_id(tracking.connect(root), root, TASK)
-    import modelyard.tuning  # noqa: F401
+    import modelyard.tuning.study  # noqa: F401
 
     start = time.perf_counter()
     stages.tune(ctx, **({"workers": workers} if workers > 1 else {}))

@@ -46,8 +46,6 @@ LOCK_TIMEOUT = 5
 KEPT_CHAMPION = 10
 UP_TO_DATE = 11
 
-TAG_FINGERPRINT = "modelyard.fingerprint"
-TAG_SUCCEEDED = "modelyard.retrain_succeeded"
 PREDICTION_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
@@ -144,22 +142,11 @@ def with_source(settings: Settings, task_name: str, data: Path) -> Settings:
 
 
 def _audit_runs(client, experiment: str, newest_first: bool = True) -> list:
-    order = "DESC" if newest_first else "ASC"
-    return client.search_runs(
-        [experiment],
-        filter_string=f"tags.`{registry.TAG_AUDIT}` = 'true'",
-        order_by=[f"attributes.start_time {order}"],
-        max_results=5000,
-    )
+    return tracking.search_runs(client, experiment, {tracking.TAG_AUDIT: "true"}, newest_first)
 
 
 def _last_success(client, experiment: str):
-    found = client.search_runs(
-        [experiment],
-        filter_string=f"tags.`{TAG_SUCCEEDED}` = 'true'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    found = tracking.search_runs(client, experiment, {tracking.TAG_SUCCEEDED: "true"}, max_results=1)
     return found[0] if found else None
 
 
@@ -194,8 +181,8 @@ def retrain(
         client = tracking.connect(root)
         experiment = tracking.experiment_id(client, root, task_name)
         last = _last_success(client, experiment)
-        last_versions = json.loads(last.data.tags.get("modelyard.input_versions", "{}")) if last else {}
-        if last is not None and last.data.tags.get(TAG_FINGERPRINT) == fingerprint and not force:
+        last_versions = json.loads(last.data.tags.get(tracking.TAG_INPUT_VERSIONS, "{}")) if last else {}
+        if last is not None and last.data.tags.get(tracking.TAG_FINGERPRINT) == fingerprint and not force:
             say(
                 f"retrain {task_name}: up to date: data, params and code are unchanged since the retrain "
                 f"of {datetime.fromtimestamp(last.info.start_time / 1000, UTC):%Y-%m-%d %H:%M} UTC "
@@ -207,7 +194,7 @@ def retrain(
         say(f"retrain {task_name}: {reason}")
         champion = registry.champion_version(client, task_name)
         before = (
-            {registry.TAG_PREVIOUS: str(champion.version), registry.TAG_CHAMPION: str(champion.version)}
+            {tracking.TAG_PREVIOUS: str(champion.version), tracking.TAG_CHAMPION: str(champion.version)}
             if champion
             else {}
         )
@@ -217,10 +204,10 @@ def retrain(
             f"retrain-{task_name}",
             {
                 **ctx.tags("retrain", {}),
-                registry.TAG_AUDIT: "true",
-                registry.TAG_EVENT: "retrain",
-                TAG_FINGERPRINT: fingerprint,
-                "modelyard.input_versions": json.dumps(versions, sort_keys=True),
+                tracking.TAG_AUDIT: "true",
+                tracking.TAG_EVENT: "retrain",
+                tracking.TAG_FINGERPRINT: fingerprint,
+                tracking.TAG_INPUT_VERSIONS: json.dumps(versions, sort_keys=True),
                 **before,
             },
         )
@@ -232,12 +219,12 @@ def retrain(
             move_over(ctx.staging, TaskPaths(root, task_name).dir)
             return outcome
         except KeyboardInterrupt:
-            run.set_tags({registry.TAG_OUTCOME: "interrupted"})
+            run.set_tags({tracking.TAG_OUTCOME: "interrupted"})
             run.finish("KILLED")
             raise
         except BaseException as exc:
             outcome = {3: "validation failed", 4: "training failed"}.get(getattr(exc, "exit_code", 1), "error")
-            run.set_tags({registry.TAG_OUTCOME: outcome, registry.TAG_REASON: str(exc)[:4000]})
+            run.set_tags({tracking.TAG_OUTCOME: outcome, tracking.TAG_REASON: str(exc)[:4000]})
             run.finish("FAILED")
             raise
         finally:
@@ -259,7 +246,7 @@ def _retrain_steps(ctx: Context, client, run: tracking.Run, workers: int) -> int
         metrics |= {f"drift_ks_{_metric_key(d.column)}": d.ks_statistic for d in report if d.ks_statistic is not None}
         metrics["drift_n_columns_drifted"] = sum(d.level != "stable" for d in report)
         run.log_metrics(metrics)
-        run.client.log_dict(run.run_id, summary["drift"], "drift.json")
+        run.log_dict(summary["drift"], "drift.json")
         say(f"retrain {ctx.task_name}: drift against the champion's training data: {summarize(report)}")
     else:
         say(f"retrain {ctx.task_name}: no champion training sample to measure drift against")
@@ -286,9 +273,9 @@ def _retrain_steps(ctx: Context, client, run: tracking.Run, workers: int) -> int
             if comparison.get(key) is not None
         }
     )
-    run.set_tags({**registry.decision_tags("retrain", decision), TAG_SUCCEEDED: "true"})
+    run.set_tags({**registry.decision_tags("retrain", decision), tracking.TAG_SUCCEEDED: "true"})
     summary |= {"finished": _now(), "decision": decision}
-    run.client.log_dict(run.run_id, summary, "retrain.json")
+    run.log_dict(summary, "retrain.json")
     write_json(ctx.paths.retrain_summary, summary)
     run.finish("FINISHED")
     if decision["promoted"]:
@@ -304,21 +291,21 @@ def _retrain_steps(ctx: Context, client, run: tracking.Run, workers: int) -> int
 def history(root: Path, task_name: str) -> list[dict[str, str]]:
     """Every recorded decision about the task's champion, oldest first."""
     client = tracking.connect(root)
-    experiment = client.get_experiment_by_name(task_name)
+    experiment = tracking.existing_experiment(client, task_name)
     if experiment is None:
         return []
     rows = []
-    for found in _audit_runs(client, experiment.experiment_id, newest_first=False):
+    for found in _audit_runs(client, experiment, newest_first=False):
         tags = found.data.tags
         rows.append(
             {
                 "time": datetime.fromtimestamp(found.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                "event": tags.get(registry.TAG_EVENT, ""),
-                "outcome": tags.get(registry.TAG_OUTCOME)
+                "event": tags.get(tracking.TAG_EVENT, ""),
+                "outcome": tags.get(tracking.TAG_OUTCOME)
                 or ("running" if found.info.status == "RUNNING" else found.info.status.lower()),
-                "champion": tags.get(registry.TAG_CHAMPION, "-"),
-                "candidate": tags.get(registry.TAG_CANDIDATE, "-"),
-                "reason": tags.get(registry.TAG_REASON, ""),
+                "champion": tags.get(tracking.TAG_CHAMPION, "-"),
+                "candidate": tags.get(tracking.TAG_CANDIDATE, "-"),
+                "reason": tags.get(tracking.TAG_REASON, ""),
                 "run_id": found.info.run_id,
             }
         )
@@ -339,9 +326,9 @@ def _fallback_of(runs: list, version: str) -> str | None:
     """Where a rollback from `version` goes: the fallback recorded when it last became champion."""
     for found in runs:
         tags = found.data.tags
-        moved = tags.get(registry.TAG_OUTCOME) in ("promoted", "rolled back")
-        if moved and tags.get(registry.TAG_CHAMPION) == version:
-            return tags.get(registry.TAG_FALLBACK)
+        moved = tags.get(tracking.TAG_OUTCOME) in ("promoted", "rolled back")
+        if moved and tags.get(tracking.TAG_CHAMPION) == version:
+            return tags.get(tracking.TAG_FALLBACK)
     return None
 
 
@@ -381,17 +368,17 @@ def rollback(
         reason = f"rolled back from v{current_version} to v{target} by {os.environ.get('USER', 'unknown user')}"
         registry.set_champion(client, task_name, int(target))
         tags = {
-            registry.TAG_AUDIT: "true",
-            registry.TAG_EVENT: "rollback",
-            registry.TAG_OUTCOME: "rolled back",
-            registry.TAG_CHAMPION: target,
-            registry.TAG_PREVIOUS: current_version,
-            registry.TAG_REASON: reason,
-            **({registry.TAG_FALLBACK: fallback} if fallback else {}),
+            tracking.TAG_AUDIT: "true",
+            tracking.TAG_EVENT: "rollback",
+            tracking.TAG_OUTCOME: "rolled back",
+            tracking.TAG_CHAMPION: target,
+            tracking.TAG_PREVIOUS: current_version,
+            tracking.TAG_REASON: reason,
+            **({tracking.TAG_FALLBACK: fallback} if fallback else {}),
         }
         run = tracking.start_run(client, experiment, f"rollback-{task_name}", tags)
         run.finish("FINISHED")
-        client.set_model_version_tag(task_name, current_version, "modelyard.rolled_back_at", _now())
+        registry.mark_rolled_back(client, task_name, current_version, _now())
         say(f"rollback {task_name}: champion is v{target} again (was v{current_version})")
         return {"champion": int(target), "previous": int(current_version), "reason": reason}
 

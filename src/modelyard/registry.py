@@ -25,24 +25,23 @@ from mlflow.tracking import MlflowClient
 from modelyard.bundle import ModelBundle
 from modelyard.errors import ModelyardError
 from modelyard.promotion import Comparison
+from modelyard.tracking import (
+    TAG_AUDIT,
+    TAG_CANDIDATE,
+    TAG_CHAMPION,
+    TAG_DECISION,
+    TAG_DIGEST,
+    TAG_EVENT,
+    TAG_FALLBACK,
+    TAG_OUTCOME,
+    TAG_PREVIOUS,
+    TAG_REASON,
+    TAG_ROLLED_BACK_AT,
+    TAG_RUN_ID,
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-# Every decision about the champion (register, retrain, rollback) is an MLflow run carrying
-# these tags; `modelyard history` lists them and `modelyard rollback` follows them back.
-TAG_AUDIT = "modelyard.audit"
-TAG_EVENT = "modelyard.event"
-TAG_OUTCOME = "modelyard.outcome"
-TAG_REASON = "modelyard.reason"
-TAG_CHAMPION = "modelyard.champion_version"  # champion after the event
-TAG_PREVIOUS = "modelyard.previous_champion"  # champion before the event
-TAG_FALLBACK = "modelyard.fallback_version"  # where a rollback from this champion goes
-TAG_CANDIDATE = "modelyard.candidate_version"
-# SHA-256 over every file of a registered model (weights, pickles, MLmodel, bundled code),
-# taken at registration and kept in the registry's database: a model whose artifacts were
-# changed afterwards (by anyone with access to the artifact store alone) is refused before
-# any of its pickles is loaded.
-TAG_DIGEST = "modelyard.files_sha256"
 RUNTIME_PACKAGES = (
     "torch",
     "pandas",
@@ -93,6 +92,11 @@ def model_id(model_uri: str) -> str:
     return model_uri.removeprefix("models:/").split("/")[0]
 
 
+def mark_rolled_back(client: MlflowClient, name: str, version: str, when: str) -> None:
+    """Tag a version that a rollback took `champion` away from with the rollback's time."""
+    client.set_model_version_tag(name, version, TAG_ROLLED_BACK_AT, when)
+
+
 def champion_version(client: MlflowClient, name: str) -> Any | None:
     """The model version holding the champion alias, or None."""
     try:
@@ -120,11 +124,11 @@ def register(
     promote = comparison is None or comparison.promote
     reason = "first version: no champion yet" if comparison is None else comparison.reason
     digest = files_digest(model_uri)
-    created = mlflow.register_model(model_uri, name, tags={"modelyard.run_id": run_id, TAG_DIGEST: digest})
+    created = mlflow.register_model(model_uri, name, tags={TAG_RUN_ID: run_id, TAG_DIGEST: digest})
     for key, value in {
         metric: f"{challenger_value:.6f}",
-        "modelyard.decision": "promoted" if promote else "kept champion",
-        "modelyard.reason": reason,
+        TAG_DECISION: "promoted" if promote else "kept champion",
+        TAG_REASON: reason,
     }.items():
         client.set_model_version_tag(name, created.version, key, value)
     verdict = "Promoted to champion" if promote else "Kept as challenger; the champion stays"

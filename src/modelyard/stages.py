@@ -27,7 +27,6 @@ from modelyard.files import atomic_path, read_json, write_json
 from modelyard.paths import TaskPaths
 
 SPLITS = ("train", "val", "test")
-TAG_TRAIN_SOURCE = "modelyard.train_source"  # retrained, or best_trial: where the trained weights came from
 
 
 @dataclass(frozen=True)
@@ -220,15 +219,9 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
     """
     from modelyard import tracking
     from modelyard.search_space import describe, space_size, tuning_task
-    from modelyard.tuning import (
-        Arrays,
-        checkpoint_path,
-        describe_trial,
-        run_study,
-        storage_label,
-        study_fingerprint,
-        trial_target,
-    )
+    from modelyard.tuning.storage import storage_label
+    from modelyard.tuning.study import run_study, study_fingerprint
+    from modelyard.tuning.trials import Arrays, checkpoint_path, describe_trial, trial_target
 
     arrays = _load_arrays(ctx)
     task = tuning_task(ctx.task, len(arrays["x_train"]), len(arrays["x_val"]))
@@ -305,7 +298,7 @@ def _selected_trial(ctx: Context, task: TaskSettings, arrays, size, result, chec
     from modelyard.search_space import base_hparams
     from modelyard.selection import Candidate, applies, n_parameters, simplest_within, standard_error, within
     from modelyard.training import FitOptions, load_checkpoint, score
-    from modelyard.tuning import checkpoint_path
+    from modelyard.tuning.trials import checkpoint_path
 
     def hparams_of(params: dict) -> Hyperparams:
         return Hyperparams.model_validate({**base_hparams(ctx.task).model_dump(), **params})
@@ -498,7 +491,10 @@ def train(ctx: Context) -> None:
         run.log_params({"best_epoch": best_epoch, "threshold": threshold, "train_source": source})
         outcome = f"best epoch {best_epoch} ({source}), {task.monitor}={val_metrics[task.monitor]:.4f}"
         run.set_tags(
-            {TAG_TRAIN_SOURCE: source, tracking.DESCRIPTION_TAG: f"The final model of {ctx.task_name}: {outcome}"}
+            {
+                tracking.TAG_TRAIN_SOURCE: source,
+                tracking.DESCRIPTION_TAG: f"The final model of {ctx.task_name}: {outcome}",
+            }
         )
     except BaseException:
         run.finish("FAILED")
@@ -684,8 +680,8 @@ def evaluate(ctx: Context) -> None:
     run = tracking.Run(client, summary["run_id"])
     run.log_metrics(metrics, model_id=registry.model_id(summary["model_uri"]))  # shown on the logged model too
     for name, figure in plot_tables(tables).items():
-        client.log_figure(run.run_id, figure, f"plots/{name}.png")
-    client.log_artifact(run.run_id, str(ctx.paths.metrics), "evaluation")
+        run.log_figure(figure, f"plots/{name}.png")
+    run.log_artifact(ctx.paths.metrics, "evaluation")
     say(f"evaluate {ctx.task_name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 

@@ -1,4 +1,6 @@
 """The only module that talks to MLflow runs: the store, experiments, runs, tags, logging.
+(`registry.py` talks to the Model Registry; nothing else imports MLflow.) Every tag name
+modelyard writes is defined here, once.
 
 Runs are driven through `MlflowClient` with explicit run ids rather than MLflow's global
 "active run", so trials running side by side never log into each other's runs.
@@ -31,18 +33,51 @@ from modelyard.files import process_alive
 from modelyard.paths import home_root
 from modelyard.redaction import redact
 
+# Every tag modelyard writes (on runs and on model versions) is named here, once.
+# Lineage, on every run:
 TAG_TASK = "modelyard.task"
 TAG_FAMILY = "modelyard.family"
 TAG_STAGE = "modelyard.stage"
+TAG_HOST = "modelyard.host"  # the machine and process that opened a run, to tell a dead one
+TAG_PID = "modelyard.pid"
+TAG_END_REASON = "modelyard.end_reason"
+# Studies and trials:
 TAG_STUDY = "modelyard.study"
+TAG_STORE = "modelyard.optuna_store"  # which Optuna store the study lives in, on parent and trials
+TAG_TRIAL = "modelyard.trial"  # "<study>/<trial number>" on each child run
 TAG_TRIAL_STATE = "modelyard.trial_state"
+TAG_FAIL_REASON = "modelyard.fail_reason"
+TAG_BEST_TRIAL = "modelyard.best_trial"
+# The train run: where the trained weights came from (retrained, ensemble, best_trial, ...).
+TAG_TRAIN_SOURCE = "modelyard.train_source"
+# Every decision about the champion (register, retrain, rollback) is a run carrying these;
+# `modelyard history` lists them and `modelyard rollback` follows them back.
+TAG_AUDIT = "modelyard.audit"
+TAG_EVENT = "modelyard.event"
+TAG_OUTCOME = "modelyard.outcome"
+TAG_REASON = "modelyard.reason"
+TAG_CHAMPION = "modelyard.champion_version"  # champion after the event
+TAG_PREVIOUS = "modelyard.previous_champion"  # champion before the event
+TAG_FALLBACK = "modelyard.fallback_version"  # where a rollback from this champion goes
+TAG_CANDIDATE = "modelyard.candidate_version"
+# Retraining: what the inputs were, and whether the retrain succeeded.
+TAG_FINGERPRINT = "modelyard.fingerprint"
+TAG_INPUT_VERSIONS = "modelyard.input_versions"
+TAG_SUCCEEDED = "modelyard.retrain_succeeded"
+# On model versions: the run that made it, the registration's decision, a rollback's time,
+# and a SHA-256 over every file of the model (weights, pickles, MLmodel, bundled code) taken
+# at registration and kept in the registry's database: a model whose artifacts were changed
+# afterwards (by anyone with access to the artifact store alone) is refused before any of
+# its pickles is loaded.
+TAG_RUN_ID = "modelyard.run_id"
+TAG_DECISION = "modelyard.decision"
+TAG_ROLLED_BACK_AT = "modelyard.rolled_back_at"
+TAG_DIGEST = "modelyard.files_sha256"
+# MLflow's own:
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 TRACKING_TIMEOUT_S = 10
-TAG_HOST = "modelyard.host"  # the machine and process that opened a run, to tell a dead one
-TAG_PID = "modelyard.pid"
-TAG_END_REASON = "modelyard.end_reason"
 # The experiment kind MLflow's UI gives a model-training experiment. MLflow 3.17's UI still
 # opens the GenAI view unless the link carries `?workflowType=machine_learning` (the README's
 # and `make ui`'s links do) or the user picked "Model training" once in that browser.
@@ -252,8 +287,15 @@ class Run:
     def log_figure(self, figure: Any, path: str) -> None:
         self.client.log_figure(self.run_id, figure, path)
 
-    def log_dict(self, values: Mapping[str, Any], path: str) -> None:
-        self.client.log_dict(self.run_id, dict(values), path)
+    def log_dict(self, values: Mapping[str, Any] | list, path: str) -> None:
+        self.client.log_dict(self.run_id, values if isinstance(values, list) else dict(values), path)
+
+    def log_artifact(self, path: Path, folder: str) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def logged_params(self) -> dict[str, str]:
+        """The params the run holds (MLflow params never change once logged)."""
+        return dict(self.client.get_run(self.run_id).data.params)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -301,15 +343,29 @@ def close_dead_runs(client: MlflowClient, experiment: str) -> list[str]:
     return sorted(ids)
 
 
-def find_run(client: MlflowClient, experiment: str, tags: dict[str, str]) -> Run | None:
-    """The newest run of the experiment that carries every one of `tags`, if any."""
-    found = client.search_runs(
+def search_runs(
+    client: MlflowClient, experiment: str, tags: dict[str, str], newest_first: bool = True, max_results: int = 5000
+) -> list:
+    """The experiment's runs (MLflow's records: info, data.tags, ...) that carry every one of
+    `tags`, by start time."""
+    return client.search_runs(
         [experiment],
         filter_string=" and ".join(f"tags.`{name}` = '{value}'" for name, value in tags.items()),
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+        order_by=[f"attributes.start_time {'DESC' if newest_first else 'ASC'}"],
+        max_results=max_results,
     )
+
+
+def find_run(client: MlflowClient, experiment: str, tags: dict[str, str]) -> Run | None:
+    """The newest run of the experiment that carries every one of `tags`, if any."""
+    found = search_runs(client, experiment, tags, max_results=1)
     return Run(client, found[0].info.run_id) if found else None
+
+
+def existing_experiment(client: MlflowClient, name: str) -> str | None:
+    """The id of the experiment called `name`, or None when there is none (nothing is created)."""
+    experiment = client.get_experiment_by_name(name)
+    return None if experiment is None else experiment.experiment_id
 
 
 def resume(run: Run) -> Run:

@@ -29,11 +29,13 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from modelyard import tracking, tuning
+from modelyard import tracking
 from modelyard.cli import main
 from modelyard.errors import ModelyardError
 from modelyard.redaction import redact
 from modelyard.stages import STAGES, Context
+from modelyard.tuning import storage as tuning_storage
+from modelyard.tuning import trials as tuning_trials
 from tests.conftest import REPO
 from tests.integration.helpers import context, copy_project, migrated_sqlite, wait_for
 
@@ -47,7 +49,7 @@ def study_of(root: Path, storage: optuna.storages.BaseStorage | None = None) -> 
     """The study the tune stage wrote (named in best_params.json), from its journal by default."""
     ctx = context(root)
     name = json.loads(ctx.paths.best_params.read_text())["study"]
-    storage = storage or tuning.open_storage(None, ctx.paths.study_journal)
+    storage = storage or tuning_storage.open_storage(None, ctx.paths.study_journal)
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -64,7 +66,7 @@ def child_runs(client: MlflowClient, study_name: str) -> dict[int, list]:
     children: dict[int, list] = {}
     for run in runs:
         if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id:
-            number = int(run.data.tags[tuning.TAG_TRIAL].rsplit("/", 1)[1])
+            number = int(run.data.tags[tracking.TAG_TRIAL].rsplit("/", 1)[1])
             children.setdefault(number, []).append(run)
     return children
 
@@ -87,7 +89,7 @@ def assert_study_recovered(study: optuna.Study, client: MlflowClient, n_trials: 
         if "mlflow_run_id" in trial.user_attrs:
             (run,) = children[number]
             assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
-            assert run.info.status == tuning.RUN_STATUS[trial.state]
+            assert run.info.status == tuning_trials.RUN_STATUS[trial.state]
             assert run.data.tags["modelyard.trial_state"] == trial.state.name
     for number, (state, _) in killed.items():
         if state == TrialState.RUNNING and number in children:
@@ -129,7 +131,7 @@ def test_kill_mid_study_then_rerun(template: Path, tmp_path: Path, mlflow_store:
     log = tmp_path / "tune.log"
     process = start_stage(root, "tune", log=log)
     try:
-        storage = tuning.open_storage(None, ctx.paths.study_journal)
+        storage = tuning_storage.open_storage(None, ctx.paths.study_journal)
 
         def running_study() -> optuna.Study | None:
             assert process.poll() is None, f"tune ended before it could be killed:\n{log.read_text()}"
@@ -158,7 +160,7 @@ def test_nan_loss_fails_the_trial_with_its_reason(
 ) -> None:
     """The first trial trains on infinite inputs: a real NaN loss in the real loop."""
     root = copy_project(template, tmp_path)
-    real_fit, calls = tuning.fit, []
+    real_fit, calls = tuning_trials.fit, []
 
     def fit_poisoning_the_first_trial(model, train, val, hparams, options, on_epoch_end=None):
         calls.append(1)
@@ -166,7 +168,7 @@ def test_nan_loss_fails_the_trial_with_its_reason(
             train = (np.full_like(train[0], np.inf), train[1])
         return real_fit(model, train, val, hparams, options, on_epoch_end)
 
-    monkeypatch.setattr(tuning, "fit", fit_poisoning_the_first_trial)
+    monkeypatch.setattr(tuning_trials, "fit", fit_poisoning_the_first_trial)
     ctx = context(root)
     STAGES["tune"](ctx)
 
@@ -189,7 +191,7 @@ def test_cuda_out_of_memory_fails_the_trial_and_frees_its_memory(
     """On the CPU: the first trial raises torch.cuda.OutOfMemoryError holding its model. By
     the next trial that model is gone and the CUDA cache was emptied once."""
     root = copy_project(template, tmp_path)
-    real_fit, models, alive_at_next_trial = tuning.fit, [], []
+    real_fit, models, alive_at_next_trial = tuning_trials.fit, [], []
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
@@ -201,7 +203,7 @@ def test_cuda_out_of_memory_fails_the_trial_and_frees_its_memory(
         alive_at_next_trial.append(models[0]() is not None)
         return real_fit(model, train, val, hparams, options, on_epoch_end)
 
-    monkeypatch.setattr(tuning, "fit", fit_out_of_memory_once)
+    monkeypatch.setattr(tuning_trials, "fit", fit_out_of_memory_once)
     STAGES["tune"](context(root))
 
     assert alive_at_next_trial[0] is False
@@ -222,7 +224,7 @@ def test_real_cuda_out_of_memory_returns_gpu_memory(
     """A trial that holds 1 GiB on the GPU and then asks for far too much: after it, the
     allocated and reserved GPU memory are back where they were before it."""
     root = copy_project(template, tmp_path)
-    real_fit, levels = tuning.fit, []
+    real_fit, levels = tuning_trials.fit, []
 
     def fit_exhausting_the_gpu(model, train, val, hparams, options, on_epoch_end=None):
         if not levels:
@@ -234,7 +236,7 @@ def test_real_cuda_out_of_memory_returns_gpu_memory(
             levels.append((torch.cuda.memory_allocated(), torch.cuda.memory_reserved()))
         return real_fit(model, train, val, hparams, options, on_epoch_end)
 
-    monkeypatch.setattr(tuning, "fit", fit_exhausting_the_gpu)
+    monkeypatch.setattr(tuning_trials, "fit", fit_exhausting_the_gpu)
     STAGES["tune"](context(root))
     assert levels[1] == levels[0]
     assert study_of(root).trials[0].user_attrs["fail_reason"].startswith("OutOfMemoryError")
@@ -243,7 +245,7 @@ def test_real_cuda_out_of_memory_returns_gpu_memory(
 def test_stale_check_spares_live_workers_and_fails_dead_ones(tmp_path: Path, mlflow_store: str) -> None:
     """On the journal file several commands may share a study: only trials whose process is
     gone are failed; a trial killed before recording its run id still gets its run FAILED."""
-    storage = tuning.open_storage(None, tmp_path / "study.journal")
+    storage = tuning_storage.open_storage(None, tmp_path / "study.journal")
     study = optuna.create_study(study_name="s", storage=storage)
     client = tracking.connect(tmp_path)
     experiment = client.create_experiment("toy", artifact_location=(tmp_path / "art").as_uri())
@@ -264,10 +266,10 @@ def test_stale_check_spares_live_workers_and_fails_dead_ones(tmp_path: Path, mlf
             trials[name].set_user_attr("worker", owner)
         trials["unowned"] = study.ask()  # killed between asking for the trial and recording its worker
         orphan_run = tracking.start_run(
-            client, experiment, "trial-1", {tuning.TAG_TRIAL: f"s/{trials['dead'].number}"}, parent=parent
+            client, experiment, "trial-1", {tracking.TAG_TRIAL: f"s/{trials['dead'].number}"}, parent=parent
         )
 
-        failed = tuning.fail_stale_trials(study, client, experiment)
+        failed = tuning_storage.fail_stale_trials(study, storage, client, experiment)
 
         assert {t.number for t in failed} == {trials["dead"].number, trials["unowned"].number}
         states = {name: study.trials[t.number].state for name, t in trials.items()}
@@ -282,7 +284,9 @@ def test_stale_check_spares_live_workers_and_fails_dead_ones(tmp_path: Path, mlf
     finally:
         sleeper.kill()
         sleeper.wait(timeout=30)
-    assert [t.number for t in tuning.fail_stale_trials(study, client, experiment)] == [trials["live"].number]
+    assert [t.number for t in tuning_storage.fail_stale_trials(study, storage, client, experiment)] == [
+        trials["live"].number
+    ]
 
 
 # ---------------------------------------------------------------- train: kill, interrupted save, failed logging
@@ -450,7 +454,7 @@ def test_no_password_survives_redaction(password: str) -> None:
 
 def test_storage_error_does_not_show_the_password(tmp_path: Path) -> None:
     with pytest.raises(ModelyardError) as raised:
-        tuning.open_storage("postgresql://tuner:s3cret@127.0.0.1:1/optuna", tmp_path / "unused.journal")
+        tuning_storage.open_storage("postgresql://tuner:s3cret@127.0.0.1:1/optuna", tmp_path / "unused.journal")
     message = str(raised.value)
     assert "s3cret" not in message
     assert "postgresql://tuner:***@127.0.0.1:1/optuna" in message

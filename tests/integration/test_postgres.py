@@ -27,10 +27,12 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from modelyard import tracking, tuning
+from modelyard import tracking
 from modelyard.cli import main
 from modelyard.files import process_alive
 from modelyard.stages import STAGES
+from modelyard.tuning import storage as tuning_storage
+from modelyard.tuning import trials as tuning_trials
 from tests.integration.helpers import context, copy_project, wait_for
 from tests.integration.test_faults import (
     FINISHED,
@@ -123,7 +125,7 @@ def trials_and_runs(study: optuna.Study, client: MlflowClient) -> list:
     for trial in trials:
         (run,) = children[trial.number]
         assert run.info.run_id == trial.user_attrs["mlflow_run_id"]
-        assert run.info.status == tuning.RUN_STATUS[trial.state]
+        assert run.info.status == tuning_trials.RUN_STATUS[trial.state]
         assert run.data.tags["modelyard.trial_state"] == trial.state.name
     return trials
 
@@ -139,7 +141,7 @@ def test_three_workers_record_every_trial_once(
     output = capfd.readouterr()
     assert code == 0, output.err
 
-    study = study_of(root, tuning.open_storage(storage_url, tmp_path / "unused"))
+    study = study_of(root, tuning_storage.open_storage(storage_url, tmp_path / "unused"))
     client = MlflowClient()
     trials = trials_and_runs(study, client)
     finished = [t for t in trials if t.state in FINISHED]
@@ -194,7 +196,7 @@ def test_killed_workers_trials_fail_and_the_study_completes(
     assert TrialState.RUNNING in {state for state, _ in killed.values()}
     unowned = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if "worker" not in t.user_attrs]
     if unowned:  # killed between creating its trial and recording its worker: failed once past the grace period
-        time.sleep(tuning.GRACE_PERIOD_S + 1)
+        time.sleep(tuning_storage.GRACE_PERIOD_S + 1)
 
     STAGES["tune"](context(root))  # the rerun, one worker
 
@@ -209,19 +211,19 @@ def test_heartbeat_fails_the_trial_of_a_silent_worker(optuna_db: str, tmp_path: 
     and its MLflow run FAILED, through the storage's stale-trial callback."""
     client = tracking.connect(tmp_path)
     experiment = client.create_experiment("toy", artifact_location=(tmp_path / "artifacts").as_uri())
-    on_stale = tuning.stale_run_closer(client, experiment)
-    storage = tuning.open_storage(pg_url(optuna_db), tmp_path / "unused", on_stale=on_stale, heartbeat=(1, 2))
+    on_stale = tuning_storage.stale_run_closer(client, experiment)
+    storage = tuning_storage.open_storage(pg_url(optuna_db), tmp_path / "unused", on_stale=on_stale, heartbeat=(1, 2))
     study = optuna.create_study(study_name="s", storage=storage)
     trial = study.ask()
     trial.set_user_attr("worker", {"host": "another-host", "pid": 1, "token": "x"})
-    run = tracking.start_run(client, experiment, "trial-0", {tuning.TAG_TRIAL: "s/0"})
+    run = tracking.start_run(client, experiment, "trial-0", {tracking.TAG_TRIAL: "s/0"})
     trial.set_user_attr("mlflow_run_id", run.run_id)
     storage.record_heartbeat(trial._trial_id)
-    assert tuning.fail_stale_trials(study, client, experiment) == []  # a fresh heartbeat: alive
+    assert tuning_storage.fail_stale_trials(study, storage, client, experiment) == []  # a fresh heartbeat: alive
     assert study.trials[0].state == TrialState.RUNNING
 
     def failed() -> bool:
-        tuning.fail_stale_trials(study, client, experiment)
+        tuning_storage.fail_stale_trials(study, storage, client, experiment)
         return study.trials[0].state == TrialState.FAIL
 
     wait_for(failed, 20, "the heartbeat to go stale", interval=0.5)
@@ -286,7 +288,7 @@ def test_a_study_through_the_mlflow_server(
     root = copy_project(template, tmp_path, tune={"n_trials": 3, "storage": pg_url(optuna_db)})
     STAGES["tune"](context(root))
 
-    study = study_of(root, tuning.open_storage(pg_url(optuna_db), tmp_path / "unused"))
+    study = study_of(root, tuning_storage.open_storage(pg_url(optuna_db), tmp_path / "unused"))
     client = MlflowClient(mlflow_server)
     trials = trials_and_runs(study, client)
     assert len([t for t in trials if t.state in FINISHED]) >= 3

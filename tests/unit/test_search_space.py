@@ -116,7 +116,7 @@ def test_a_table_without_numeric_columns_searches_no_numeric_embedding() -> None
 def test_the_pruner_waits_longer_on_small_data(n_train: int, expected: int) -> None:
     """A trial on 29 rows (batch 16: 2 steps an epoch, 250 epochs) is at chance level for
     its first dozen epochs; one on 26,000 rows learns within a few."""
-    from modelyard.tuning import pruner_warmup
+    from modelyard.tuning.trials import pruner_warmup
 
     study_task = tuning_task(task(tune={"n_trials": 3}), n_train, 100)  # auto budget, default space
     assert pruner_warmup(study_task, n_train) == expected

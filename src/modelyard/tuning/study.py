@@ -1,0 +1,261 @@
+"""The study: its name, its MLflow parent run, its warm start and its outcome.
+
+A study is named after a fingerprint of everything that shapes it (features, search
+space, fixed hyperparameters, budget, seed), so rerunning after an interruption continues
+the same study up to the requested number of finished (complete or pruned) trials, while
+changed inputs start a fresh one. The same command on another machine, pointed at the
+same RDB storage, joins the same study. On retraining, the champion's hyperparameters are
+the first trial of a new study (`warm_start_params`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from modelyard import tracking
+from modelyard.config import Distribution, Hyperparams, TaskSettings, TuneSettings
+from modelyard.errors import ModelyardError
+from modelyard.search_space import describe
+from modelyard.tuning.storage import (
+    GRACE_PERIOD_S,
+    HEARTBEAT_INTERVAL_S,
+    fail_stale_trials,
+    open_storage,
+    stale_run_closer,
+    storage_label,
+    store_identity,
+)
+from modelyard.tuning.trials import FINISHED, Arrays, StudySetup, load_study, sampler_seed, trial_target
+from modelyard.tuning.workers import run_trials, run_workers, worker_threads
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    study_name: str
+    best_params: dict
+    best_value: float
+    best_trial: int
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    complete: tuple[tuple[int, float, dict], ...] = ()  # (number, value, params) of each trained, completed trial
+    minimize: bool = True  # the study's direction
+
+
+def study_fingerprint(features_md5: str, task: TaskSettings, seed: int) -> str:
+    """A short hash of everything that shapes a study; it names the study.
+
+    The trial count and the storage are left out: asking for more trials continues the
+    same study, and every machine joining it computes the same name.
+    """
+    shape = {
+        "features": features_md5,
+        "tune": task.tune.model_dump(mode="json", exclude={"storage", "n_trials"}),
+        "model": task.model.model_dump(mode="json"),
+        "monitor": task.monitor,
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def warm_start_params(hparams: Hyperparams, space: dict[str, Distribution]) -> dict[str, Any]:
+    """The searched hyperparameters of an earlier model that the current search space still
+    holds: the first trial of a warm-started study."""
+    chosen: dict[str, Any] = {}
+    for name, dist in space.items():
+        value = getattr(hparams, name)
+        inside = value in dist.choices if dist.choices is not None else dist.low <= value <= dist.high
+        if inside:
+            chosen[name] = value
+    return chosen
+
+
+def log_study_summary(parent: tracking.Run, study: optuna.Study, monitor: str) -> None:
+    """The study's outcome on its parent run: the best value (a metric), the best trial's
+    parameters (params `best.<name>`, and `best_params.json`) and Optuna's figures.
+
+    MLflow params never change: when a resumed study finds a better trial, params already
+    logged keep the first best, and `best_params.json`, the `modelyard.best_trial` tag and
+    the `best_<monitor>` metric tell the current one."""
+    best = study.best_trial
+    parent.log_metrics({f"best_{monitor}": study.best_value})
+    parent.set_tags({tracking.TAG_BEST_TRIAL: str(best.number)})
+    parent.log_dict({"trial": best.number, monitor: best.value, "params": best.params}, "best_params.json")
+    logged = parent.logged_params()
+    parent.log_params({f"best.{k}": v for k, v in best.params.items() if f"best.{k}" not in logged})
+    for name, figure in study_figures(study).items():
+        parent.log_figure(figure, f"optuna/{name}.png")
+
+
+def study_figures(study: optuna.Study) -> dict[str, Any]:
+    """Optuna's own views of the study (optimization history, intermediate values per epoch,
+    parameter importances, parallel coordinates) as matplotlib figures; a view the study
+    cannot draw yet (one trial, nothing searched) is left out."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as views
+
+    figures = {}
+    for name, draw in {
+        "history": views.plot_optimization_history,
+        "intermediate_values": views.plot_intermediate_values,
+        "param_importances": views.plot_param_importances,
+        "parallel_coordinate": views.plot_parallel_coordinate,
+    }.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks these views experimental
+            try:
+                axes = draw(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        figure.set_size_inches(9, 5.5)
+        figure.tight_layout()
+        figures[name] = figure
+        plt.close(figure)  # pyplot forgets it; the figure itself can still be saved
+    return figures
+
+
+def _parent_run(client, experiment: str, setup_tags: dict[str, str], study_name: str, params: dict) -> tracking.Run:
+    """The study's parent run: found by its study and store tags, or created (with `params`)
+    by the first command. A study of the same name in another store has a parent of its own."""
+    identity = {tracking.TAG_STUDY: study_name, tracking.TAG_STORE: setup_tags[tracking.TAG_STORE]}
+    parent = tracking.find_run(client, experiment, identity)
+    if parent is None:
+        parent = tracking.start_run(client, experiment, f"study-{study_name}", {**setup_tags, **identity})
+        parent.log_params(params)
+        return parent
+    return tracking.resume(parent)
+
+
+def run_study(
+    task_name: str,
+    task: TaskSettings,
+    arrays: Arrays,
+    *,
+    study_name: str,
+    storage_url: str | None,
+    journal: Path,
+    seed: int,
+    device: str,
+    root: Path,
+    client,
+    experiment: str,
+    tags: dict[str, str],
+    workers: int = 1,
+    on_trial_end: Callable[[FrozenTrial, int], None] | None = None,
+    heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S),
+    warm_start: Hyperparams | None = None,
+    checkpoint_dir: Path | None = None,
+    datasets: list | None = None,
+) -> StudyResult:
+    """Run (or continue, or join) the study until it holds `trial_target` finished trials.
+
+    The study and its MLflow parent run exist before any worker starts, so there is one
+    parent run; `workers=1` runs the trials in this process, more start spawned workers.
+    `warm_start` (the champion's hyperparameters, on retraining) becomes the first trial of
+    a new study. `datasets` (MLflow dataset inputs) are logged on the parent and every trial.
+    """
+    if workers < 1:
+        raise ModelyardError(f"workers must be 1 or more, got {workers}", "pass --workers N with N >= 1")
+    settings: TuneSettings = task.tune
+    optuna.logging.set_verbosity(max(optuna.logging.WARNING, optuna.logging.get_verbosity()))
+    storage = open_storage(storage_url, journal, on_stale=stale_run_closer(client, experiment), heartbeat=heartbeat)
+    shared = storage_url is not None or workers > 1
+    study = load_study(study_name, storage, task, sampler_seed(seed, shared=shared), len(arrays.x_train))
+    fail_stale_trials(study, storage, client, experiment)
+    if warm_start is not None and not study.get_trials(deepcopy=False):
+        start = warm_start_params(warm_start, settings.search_space)
+        if start:
+            study.enqueue_trial(start)
+    params = {
+        "max_epochs_per_trial": settings.max_epochs or "auto",
+        "pruner": settings.pruner,
+        "sampler": type(study.sampler).__name__,
+        "seed": seed,
+        "threads": worker_threads(workers),
+        "storage": storage_label(storage_url, journal),
+        **{f"space.{name}": describe(dist) for name, dist in settings.search_space.items()},
+    }
+    tags = {**tags, tracking.TAG_STORE: store_identity(storage_url)}
+    parent = _parent_run(client, experiment, tags, study_name, params)
+    parent.log_inputs(datasets or [])
+    setup = StudySetup(
+        task_name=task_name,
+        task=task,
+        arrays=arrays,
+        study_name=study_name,
+        storage_url=storage_url,
+        journal=journal,
+        seed=seed,
+        device=device,
+        root=root,
+        experiment=experiment,
+        parent_run_id=parent.run_id,
+        trial_tags={k: v for k, v in tags.items() if not k.startswith("dvc.")},
+        heartbeat=heartbeat,
+        checkpoint_dir=checkpoint_dir,
+        datasets=tuple(datasets or ()),
+    )
+    exit_codes: list[int] = []
+
+    def count(states: tuple[TrialState, ...]) -> int:
+        return len(study.get_trials(deepcopy=False, states=states))
+
+    try:
+        if workers == 1:
+            run_trials(setup, study=study, client=client, on_trial_end=on_trial_end)
+        else:
+            exit_codes = run_workers(setup, workers)
+    finally:
+        fail_stale_trials(study, storage, client, experiment)  # trials of workers that died during this run
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        parent.log_metrics(
+            {
+                "n_trials_requested": settings.n_trials,
+                "n_complete": len(complete),
+                "n_pruned": count((TrialState.PRUNED,)),
+                "n_failed": count((TrialState.FAIL,)),
+            }
+        )
+        if complete:
+            log_study_summary(parent, study, task.monitor)
+        parent.finish("FINISHED" if complete else "FAILED")
+    failed_workers = [code for code in exit_codes if code != 0]
+    if failed_workers and count(FINISHED) < trial_target(task):
+        raise ModelyardError(
+            f"{len(failed_workers)} of {workers} tuning workers failed (exit codes {failed_workers}) "
+            f"with {count(FINISHED)} of {trial_target(task)} trials finished",
+            "see the worker messages above; rerun the same command to continue the study",
+        )
+    if not complete:
+        reasons = {t.user_attrs.get("fail_reason", "") for t in study.get_trials(states=(TrialState.FAIL,))}
+        raise ModelyardError(
+            f"no trial of study {study_name} completed; failures: {'; '.join(sorted(r for r in reasons if r))[:800]}",
+            "check the search space (e.g. a lower learning rate) and the data",
+        )
+    best = study.best_trial
+    trained = [t for t in complete if "duplicate_of" not in t.user_attrs]
+    return StudyResult(
+        study_name=study_name,
+        best_params=best.params,
+        best_value=float(best.value),
+        best_trial=best.number,
+        n_complete=len(complete),
+        n_pruned=count((TrialState.PRUNED,)),
+        n_failed=count((TrialState.FAIL,)),
+        complete=tuple((t.number, float(t.value), t.params) for t in trained),
+        minimize=study.direction == optuna.study.StudyDirection.MINIMIZE,
+    )

@@ -1,0 +1,311 @@
+"""Trials: what each one trains and reports, the sampler that draws them and the pruner
+that cuts them.
+
+The space is the task's `tune.search_space` completed by the family's defaults
+(`search_space.py`). A space with no more configurations than trials is enumerated, each
+configuration once; otherwise TPE draws, and a configuration it draws again reuses the
+earlier trial's value instead of training it twice. A trial that beats the study's best
+so far (on a small validation split, every completed trial: see `selection.py`) saves its
+weights under `checkpoint_dir`, so the train stage can keep them. One trial is one MLflow
+child run of the study's parent run.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from modelyard import tracking
+from modelyard.config import Distribution, Hyperparams, TaskSettings, TuneSettings, hparam_kind
+from modelyard.evaluation import lower_is_better
+from modelyard.models import build_model
+from modelyard.redaction import redact
+from modelyard.search_space import space_size
+from modelyard.selection import applies
+from modelyard.training import AUTO_TUNE, FitOptions, TrainingDiverged, epoch_budget, fit, save_checkpoint
+from modelyard.tuning.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, worker_identity
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+# A pruned trial did what the pruner asked: its run ends FINISHED, named "trial-<n> pruned",
+# so only failures carry MLflow's red cross.
+RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """Featurized training and validation data."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    n_outputs: int
+    vocab_size: int | None = None  # text tasks: the embedding's size
+    masked: bool = False  # sequence classification: the last input channel is a step mask
+    n_numeric: int = 0  # tabular tasks: the trailing numeric feature columns
+    target_scale: float = 1.0  # regression: val_rmse in target units
+    target_offset: float = 0.0  # regression: with the scale, values back in target units
+
+
+@dataclass(frozen=True)
+class StudySetup:
+    """Everything a worker needs to run trials of one study. Plain values, so a spawned
+    worker receives it whole (the storage URL travels through a pipe, never a command line)."""
+
+    task_name: str
+    task: TaskSettings
+    arrays: Arrays
+    study_name: str
+    storage_url: str | None
+    journal: Path
+    seed: int
+    device: str
+    root: Path  # finds the MLflow store, as in the parent process
+    experiment: str
+    parent_run_id: str
+    trial_tags: dict[str, str]
+    heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S)
+    checkpoint_dir: Path | None = None  # where a trial that beats the study's best (small data: each) saves weights
+    datasets: tuple = ()  # MLflow dataset inputs (the train and validation splits) of every trial run
+
+
+class TrialFailed(RuntimeError):
+    """A trial ended in an error; the message is the recorded (redacted) reason."""
+
+
+def suggest_hparams(trial: optuna.Trial, base: Hyperparams, space: dict[str, Distribution]) -> Hyperparams:
+    """The trial's hyperparameters: the fixed ones from params, with the searched ones drawn."""
+    drawn: dict[str, object] = {}
+    for name, dist in space.items():
+        if dist.choices is None and dist.low == dist.high:  # a fixed value: nothing to draw
+            drawn[name] = int(dist.low) if hparam_kind(name) is int else dist.low
+        elif dist.choices is not None:
+            drawn[name] = trial.suggest_categorical(name, list(dist.choices))
+        elif hparam_kind(name) is int:
+            step = int(dist.step or 1)
+            drawn[name] = trial.suggest_int(name, int(dist.low), int(dist.high), log=dist.log, step=step)
+        else:
+            drawn[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    return Hyperparams.model_validate({**base.model_dump(), **drawn})
+
+
+def pruner_warmup(task: TaskSettings, n_train: int) -> int:
+    """Epochs the median pruner leaves every trial alone: a tenth of the shortest trial's
+    epoch budget (twice the learning rate's warm-up), at least 3. Before that, small data
+    (a few steps an epoch) has every trial still at chance level, and pruning on those
+    values would cut good configurations on noise."""
+    searched = task.tune.search_space.get("batch_size")
+    if searched is None:
+        batch_sizes = [task.model.batch_size]
+    else:
+        batch_sizes = list(searched.choices) if searched.choices is not None else [searched.low, searched.high]
+    shortest = min(epoch_budget(task.tune.max_epochs, AUTO_TUNE, n_train, int(b)) for b in batch_sizes)
+    return max(3, shortest // 10)
+
+
+def make_pruner(name: str, max_epochs: int | None, warmup_epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner; the median pruner judges no trial in its first `warmup_epochs`."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs or "auto")
+    return optuna.pruners.NopPruner()
+
+
+def trial_target(task: TaskSettings) -> int:
+    """How many finished trials a study runs: `n_trials`, or fewer when the search space
+    holds fewer configurations (a space with nothing to search runs one trial)."""
+    return int(min(task.tune.n_trials, space_size(task.tune.search_space)))
+
+
+def make_sampler(task: TaskSettings, seed: int) -> optuna.samplers.BaseSampler:
+    """Seeded TPE; a space with no more configurations than trials is enumerated instead,
+    each configuration once (Optuna's brute-force sampler ends the study when all have run)."""
+    if space_size(task.tune.search_space) <= task.tune.n_trials:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.BruteForceSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def sampler_seed(seed: int, shared: bool) -> int:
+    """The TPE seed: the task's seed for a study driven by one process; mixed with the
+    worker's identity when several workers (here or on other machines) share the study,
+    so that they do not all draw the same trials."""
+    if not shared:
+        return seed
+    key = f"{seed}:{json.dumps(worker_identity(), sort_keys=True)}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+
+
+def load_study(
+    name: str, storage: optuna.storages.BaseStorage, task: TaskSettings, seed: int, n_train: int
+) -> optuna.Study:
+    """Create the study, or load it when it exists, with the seeded sampler and the pruner
+    (sized from the `n_train` training rows)."""
+    settings = task.tune
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="minimize" if lower_is_better(task.monitor) else "maximize",
+        sampler=make_sampler(task, seed),
+        pruner=make_pruner(settings.pruner, settings.max_epochs, pruner_warmup(task, n_train)),
+        load_if_exists=True,
+    )
+    if study.metric_names is None:  # optuna-dashboard labels the objective with it
+        study.set_metric_names([task.monitor])
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:  # resumed: a sampler seeded as at the start would draw the first trials again
+        study.sampler = make_sampler(task, (seed + 7919 * existing) % 2**32)
+    return study
+
+
+def describe_trial(trial: FrozenTrial, monitor: str) -> str:
+    """`trial 3 complete val_accuracy=0.8125`, or the failure reason."""
+    note = f"{monitor}={trial.value:.4f}" if trial.value is not None else trial.user_attrs.get("fail_reason", "")
+    if "duplicate_of" in trial.user_attrs:
+        note += f" (the configuration of trial {trial.user_attrs['duplicate_of']}: not trained again)"
+    return f"trial {trial.number} {trial.state.name.lower()} {note}".rstrip()
+
+
+def free_memory() -> None:
+    """Release what a failed trial held: Python cycles, and the CUDA cache (after an OOM)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[[optuna.Trial], float]:
+    """The objective every worker runs: one trial = one MLflow child run of `parent`.
+
+    A trial that raises (NaN or infinite loss, CUDA out of memory, any error) ends FAIL with
+    its reason as the `fail_reason` user attribute and the `modelyard.fail_reason` tag; its
+    memory is released and the study goes on.
+    """
+    task, arrays = setup.task, setup.arrays
+    settings: TuneSettings = task.tune
+    # Trials stop early by the same rule as the final training (a converged trial frees the
+    # CPU for the next one); the pruner cuts the unpromising ones.
+    options = FitOptions.for_task(
+        task,
+        max_epochs=settings.max_epochs,
+        patience=task.train.patience,
+        seed=setup.seed,
+        device=setup.device,
+        target_scale=arrays.target_scale,
+        target_offset=arrays.target_offset,
+        tuning=True,
+    )
+
+    def train_trial(trial: optuna.Trial, run: tracking.Run, hparams: Hyperparams) -> float:
+        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
+            run.log_metrics(metrics, step=epoch)
+            trial.report(metrics[task.monitor], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        shape = arrays.x_train.shape[1:]
+        torch.manual_seed(setup.seed)  # initial weights from the seed, not from what ran before in this process
+        model = build_model(
+            task.family, shape, arrays.n_outputs, hparams, arrays.vocab_size, arrays.masked, arrays.n_numeric
+        )
+        result = fit(
+            model, (arrays.x_train, arrays.y_train), (arrays.x_val, arrays.y_val), hparams, options, on_epoch_end
+        )
+        value = result.best_metrics[task.monitor]
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{task.monitor} is {value}")
+        run.log_metrics({f"best_{task.monitor}": value})
+        run.log_params({"best_epoch": result.best_epoch})
+        # On small data every completed trial may become the final model's (`selection.py`).
+        if setup.checkpoint_dir is not None and (applies(len(arrays.y_val)) or beats_study(trial.study, value)):
+            path = checkpoint_path(setup.checkpoint_dir, trial.number)
+            save_checkpoint(path, model, result.best_metrics, result.best_epoch, trial.number)
+        return value
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_identity())
+        hparams = suggest_hparams(trial, task.model, settings.search_space)
+        earlier = same_configuration(trial)
+        if earlier is not None:  # TPE drew a configuration again: reuse its result, train nothing
+            trial.set_user_attr("duplicate_of", earlier.number)
+            return float(earlier.value)
+        tags = {**setup.trial_tags, tracking.TAG_TRIAL: f"{setup.study_name}/{trial.number}"}
+        run = tracking.start_run(client, setup.experiment, f"trial-{trial.number}", tags, parent=parent)
+        state, reason, value = TrialState.FAIL, "", math.nan
+        try:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+            run.log_inputs(list(setup.datasets))
+            run.log_params({**hparams.of_family(task.family, task.problem, task.kind), "trial_number": trial.number})
+            value = train_trial(trial, run, hparams)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except KeyboardInterrupt:
+            reason = "interrupted"
+            raise
+        except Exception as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+        finally:
+            if reason:
+                trial.set_user_attr("fail_reason", reason)
+            run.set_tags(
+                {tracking.TAG_TRIAL_STATE: state.name, **({tracking.TAG_FAIL_REASON: reason[:500]} if reason else {})}
+            )
+            if state == TrialState.PRUNED:
+                run.set_tags({tracking.RUN_NAME_TAG: f"trial-{trial.number} pruned"})
+            run.finish(RUN_STATUS[state])
+        if state == TrialState.PRUNED:
+            raise optuna.TrialPruned()
+        if state == TrialState.FAIL:
+            free_memory()  # after the except block, so the traceback no longer holds the trial's tensors
+            raise TrialFailed(reason)
+        return value
+
+    return objective
+
+
+def same_configuration(trial: optuna.Trial) -> FrozenTrial | None:
+    """A completed trial of the study with exactly this trial's parameters, if any."""
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None
+
+
+def beats_study(study: optuna.Study, value: float) -> bool:
+    """Whether a trial's value beats every completed trial of the study so far."""
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not values:
+        return True
+    minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
+    return value < min(values) if minimize else value > max(values)
+
+
+def checkpoint_path(checkpoint_dir: Path, number: int) -> Path:
+    return checkpoint_dir / f"trial-{number}.pt"
+
+
+class StopAfterFailures:
+    """Stop a worker after `limit` failed trials of its own, so a search space where every
+    trial fails ends instead of retrying forever."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.n_failed = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.n_failed += trial.state == TrialState.FAIL
+        if self.n_failed >= self.limit:
+            study.stop()

@@ -1,0 +1,141 @@
+"""The processes that run a study's trials: this one, or `workers` spawned ones.
+
+Each worker calls the same objective (`trials.make_objective`) and stops once the study as
+a whole holds `trial_target` finished trials (`n_trials`, or fewer when the search space
+holds fewer configurations; `MaxTrialsCallback`, and workers running side by side may
+finish up to `workers - 1` trials beyond the count), or after that many failed trials of
+its own. A spawned worker opens its own storage and MLflow connections, and ends when the
+command that started it dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial
+
+from modelyard import tracking
+from modelyard.console import say
+from modelyard.errors import ModelyardError
+from modelyard.redaction import redact
+from modelyard.tuning.storage import open_storage, stale_run_closer
+from modelyard.tuning.trials import (
+    FINISHED,
+    StopAfterFailures,
+    StudySetup,
+    describe_trial,
+    load_study,
+    make_objective,
+    sampler_seed,
+    trial_target,
+)
+
+QUIET_LOGGERS = ("alembic", "mlflow", "optuna", "urllib3", "git")
+
+
+def run_trials(
+    setup: StudySetup,
+    *,
+    study: optuna.Study | None = None,
+    client=None,
+    on_trial_end: Callable[[FrozenTrial, int], None] | None = None,
+) -> None:
+    """One worker: run trials until the study holds `n_trials` finished ones.
+
+    Without `study` and `client` (a spawned worker) it opens its own connections.
+    """
+    client = client or tracking.connect(setup.root)
+    if study is None:
+        on_stale = stale_run_closer(client, setup.experiment)
+        storage = open_storage(setup.storage_url, setup.journal, on_stale=on_stale, heartbeat=setup.heartbeat)
+        study = load_study(
+            setup.study_name, storage, setup.task, sampler_seed(setup.seed, shared=True), len(setup.arrays.x_train)
+        )
+    n_trials = trial_target(setup.task)
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
+        return
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
+        optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+        StopAfterFailures(n_trials),
+    ]
+    if on_trial_end is not None:
+        callbacks.append(lambda _, trial: on_trial_end(trial, n_trials))
+    objective = make_objective(setup, client, tracking.Run(client, setup.parent_run_id))
+    study.optimize(objective, n_trials=None, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the process that started it dies (e.g. `kill -9` of the stage):
+    its trial is left RUNNING and the next run marks it failed."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(0.1)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="modelyard-parent-watch", daemon=True).start()
+
+
+def worker_threads(n_workers: int) -> int:
+    """Torch threads of each trial: the process's own in one worker, the CPUs shared out
+    among several. Recorded on the study's run: the thread count can change the last bits
+    of a sum, so a run is reproduced exactly only with the same count."""
+    if n_workers == 1:
+        return torch.get_num_threads()
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
+def work(setup: StudySetup, index: int, n_workers: int, logging_state: tuple) -> None:
+    """A spawned worker's entry point; errors become one redacted line and an exit code."""
+    _exit_with_parent()
+    levels, filters = logging_state
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    warnings.filters[:] = filters
+    torch.set_num_threads(worker_threads(n_workers))
+    label = f"tune {setup.task_name} worker {index}"
+
+    def report(trial: FrozenTrial, total: int) -> None:
+        say(f"{label}: {describe_trial(trial, setup.task.monitor)}")
+
+    try:
+        run_trials(setup, on_trial_end=report)
+    except ModelyardError as exc:
+        say(redact(f"{label}: error: {exc}"))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        say(redact(f"{label}: error: unexpected {type(exc).__name__}: {exc}"))
+        sys.exit(1)
+
+
+def run_workers(setup: StudySetup, n_workers: int) -> list[int]:
+    """Run `n_workers` spawned worker processes to the end; their exit codes."""
+    context = multiprocessing.get_context("spawn")
+    logging_state = ({name: logging.getLogger(name).level for name in QUIET_LOGGERS}, list(warnings.filters))
+    processes = [
+        context.Process(target=work, args=(setup, i, n_workers, logging_state), name=f"modelyard-tune-{i}")
+        for i in range(n_workers)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    finally:
+        for process in processes:  # interrupted: stop the rest; their trials are failed below
+            if process.is_alive():
+                process.terminate()
+            if process.pid is not None:
+                process.join(timeout=30)
+    return [process.exitcode for process in processes]
