@@ -265,6 +265,35 @@ LOSSES: dict[str, tuple[str, ...]] = {
 TARGET_UNIT_LOSSES = ("msle", "mape")  # computed on values in target units, not standardised
 
 
+# The hyperparameters every family trains with, and those each family's network is built
+# from (see `models.build_model`). A task sets or searches only its family's: `units` in a
+# CNN task is an error that names the family, never a key silently ignored.
+TRAINING_HPARAMS = (
+    "lr",
+    "weight_decay",
+    "l1",
+    "optimizer",
+    "momentum",
+    "dropout",
+    "batch_size",
+    "loss",
+    "label_smoothing",
+)
+FAMILY_HPARAMS: dict[str, tuple[str, ...]] = {
+    "ann": (
+        *("n_layers", "units", "activation", "batch_norm", "numeric_embedding"),
+        *("n_frequencies", "frequency_scale", "n_bins", "numeric_embed_dim"),
+    ),
+    "cnn": ("n_blocks", "filters", "kernel_size", "dense_units", "max_shift", "max_degrees", "flip"),
+    "lstm": ("arch", "hidden_size", "n_layers", "bidirectional", "embed_dim", "filters"),
+}
+
+
+def family_hparams(family: str) -> tuple[str, ...]:
+    """Every hyperparameter a task of this family may set or search."""
+    return TRAINING_HPARAMS + FAMILY_HPARAMS[family]
+
+
 class Hyperparams(Frozen):
     """Everything one training run is built from; tuning searches over a subset."""
 
@@ -315,22 +344,18 @@ class Hyperparams(Frozen):
     def of_family(self, family: str, problem: str, kind: str) -> dict[str, Any]:
         """The hyperparameters that shape this family's network and training, as logged to
         MLflow: an MLP run shows no CNN filters, a run without SGD no momentum."""
-        names = ["lr", "weight_decay", "l1", "optimizer", "dropout", "batch_size", "loss"]
-        names += ["momentum"] * (self.optimizer == "sgd") + ["label_smoothing"] * (problem != "regression")
+        unused = {"momentum"} if self.optimizer != "sgd" else set()
+        unused |= {"label_smoothing"} if problem == "regression" else set()
         if family == "ann":
-            names += ["n_layers", "units", "activation", "batch_norm", "numeric_embedding"]
-            embedding = {"periodic": ["n_frequencies", "frequency_scale"], "piecewise": ["n_bins"]}
-            if self.numeric_embedding in embedding:
-                names += embedding[self.numeric_embedding] + ["numeric_embed_dim"]
-        elif family == "cnn":
-            names += ["n_blocks", "filters", "kernel_size", "dense_units", "max_shift", "max_degrees", "flip"]
-        else:
-            recurrent = ["hidden_size", "n_layers", "bidirectional", *["embed_dim"] * (kind == "text")]
-            names += [
-                "arch",
-                *{"fcn": ["filters"], "resnet": ["filters"], "bag": ["embed_dim"]}.get(self.arch, recurrent),
-            ]
-        return {name: getattr(self, name) for name in names}
+            embedding = {"periodic": {"n_frequencies", "frequency_scale"}, "piecewise": {"n_bins"}}
+            knobs = embedding.get(self.numeric_embedding, set())
+            unused |= {"n_frequencies", "frequency_scale", "n_bins"} - knobs
+            unused |= set() if knobs else {"numeric_embed_dim"}
+        elif family == "lstm":
+            recurrent = {"hidden_size", "n_layers", "bidirectional", *["embed_dim"] * (kind == "text")}
+            shaping = {"fcn": {"filters"}, "resnet": {"filters"}, "bag": {"embed_dim"}}.get(self.arch, recurrent)
+            unused |= set(FAMILY_HPARAMS["lstm"]) - shaping - {"arch"}
+        return {name: getattr(self, name) for name in family_hparams(family) if name not in unused}
 
     @field_validator("kernel_size")
     @classmethod
@@ -506,6 +531,7 @@ class TaskSettings(Frozen):
         if "woe" in used and self.problem != "binary":
             raise ValueError("the woe encoder needs a binary target")
         self._check_family()
+        self._check_family_hparams()  # after the family itself: a wrong family is the problem to name
         if self.registry.test == "mcnemar" and self.promotion_metric != "test_accuracy":
             raise ValueError("registry.test 'mcnemar' compares accuracy: set registry.metric: accuracy")
         return self
@@ -553,6 +579,16 @@ class TaskSettings(Frozen):
                 raise ValueError(
                     f"arch {arch!r} does not fit a {self.kind} task; "
                     + (f"use one of: {', '.join(archs)}" if archs else "leave arch out (auto)")
+                )
+
+    def _check_family_hparams(self) -> None:
+        """Every hyperparameter the task sets (`model:`) or searches is one its family uses."""
+        allowed = family_hparams(self.family)
+        for section, names in (("model", self.model.model_fields_set), ("tune.search_space", self.tune.search_space)):
+            for name in sorted(set(names) - set(allowed)):
+                raise ValueError(
+                    f"{section}.{name}: the {self.family} family does not use {name}; "
+                    f"its hyperparameters: {', '.join(allowed)}"
                 )
 
     def _check_depth(self) -> None:

@@ -281,6 +281,14 @@ def target_encoder_on_multiclass(raw: dict) -> None:
             lambda r: adult(r)["features"].update(text={"column": "education"}),
             ["features.text goes with family 'lstm'"],
         ),
+        (
+            lambda r: r["tasks"]["digits"]["model"].update(units=64),
+            ["tasks.digits:", "model.units: the cnn family does not use units", "n_blocks, filters"],
+        ),
+        (
+            lambda r: adult(r)["tune"]["search_space"].update(hidden_size={"choices": [32, 64]}),
+            ["tasks.adult:", "tune.search_space.hidden_size: the ann family does not use hidden_size"],
+        ),
         (lambda r: adult(r)["registry"].update(confidence=1.0), ["registry.confidence:", "less than 1"]),
         (lambda r: adult(r)["registry"].update(min_improvement=-0.1), ["registry.min_improvement:"]),
         (
@@ -318,6 +326,8 @@ def target_encoder_on_multiclass(raw: dict) -> None:
         "lstm_without_series_or_text",
         "cnn_on_adult",
         "text_settings_on_ann",
+        "mlp_units_on_cnn",
+        "lstm_hidden_size_searched_on_ann",
         "confidence_of_one",
         "negative_min_improvement",
         "absolute_source",
