@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,49 @@ def best_val_accuracy(ctx: Any, best: dict[str, Any]) -> float:
     return next(m.value for m in history if m.step == best_epoch)
 
 
+# What `tuning` calls in `tracking` (every MLflow call of a study goes through these).
+TRACKING_CALLS = {
+    "Run": ("log_params", "log_metrics", "log_inputs", "log_figure", "log_dict", "set_tags", "finish", "logged_params"),
+    "module": ("start_run", "find_run", "resume", "close_dead_runs"),
+}
+
+
+@contextmanager
+def tracking_timer() -> Iterator[dict[str, float]]:
+    """Seconds and calls spent inside modelyard's MLflow calls while the block runs, in this
+    process (a call made from inside another counts once, in the outer one)."""
+    from modelyard import tracking
+
+    spent = {"seconds": 0.0, "calls": 0, "depth": 0}
+    originals = []
+
+    def timed(real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            spent["depth"] += 1
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                spent["depth"] -= 1
+                if spent["depth"] == 0:
+                    spent["seconds"] += time.perf_counter() - start
+                    spent["calls"] += 1
+
+        return call
+
+    owners = {"Run": tracking.Run, "module": tracking}
+    for owner_name, names in TRACKING_CALLS.items():
+        for name in names:
+            owner = owners[owner_name]
+            originals.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, timed(getattr(owner, name)))
+    try:
+        yield spent
+    finally:
+        for owner, name, real in originals:
+            setattr(owner, name, real)
+
+
 def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, workers: int) -> dict[str, Any]:
     """All stages up to evaluate in a throwaway project; only `tune` (and train + evaluate) are timed."""
     import torch
@@ -103,7 +148,8 @@ def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, wo
     import modelyard.tuning.study  # noqa: F401
 
     start = time.perf_counter()
-    stages.tune(ctx, **({"workers": workers} if workers > 1 else {}))
+    with tracking_timer() as tracked:  # measures this process only: with workers > 1, their calls are not in it
+        stages.tune(ctx, **({"workers": workers} if workers > 1 else {}))
     tune_wall = time.perf_counter() - start
     start = time.perf_counter()
     stages.train(ctx)
@@ -120,6 +166,8 @@ def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, wo
         "final_best_epoch": read_json(ctx.paths.train_summary)["best_epoch"],
         "trials": best["trials"],
         "best_hparams": best["hparams"],
+        "tracking_s": tracked["seconds"],
+        "tracking_calls": tracked["calls"],
         "torch_threads": torch.get_num_threads(),
         "workers": workers,
     }
@@ -133,6 +181,12 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     ours = results["modelyard"]
     print(f"modelyard train+evaluate wall: {ours['train_eval_wall_s']:.1f} s (best epoch {ours['final_best_epoch']})")
     print(f"modelyard trials: {ours['trials']}, torch threads: {ours['torch_threads']}, workers: {ours['workers']}")
+    if ours["workers"] == 1:
+        share = ours["tracking_s"] / ours["tune_wall_s"]
+        print(
+            f"modelyard tracking (MLflow calls during tune): {ours['tracking_s']:.2f} s in {ours['tracking_calls']} "
+            f"calls, {share:.1%} of the tune wall time"
+        )
     if "peer" in results:
         peer = results["peer"]
         print(f"speed ratio peer_wall / modelyard_wall: {peer['tune_wall_s'] / ours['tune_wall_s']:.2f}x")
