@@ -379,15 +379,12 @@ def train(ctx: Context) -> None:
     import torch
 
     from modelyard import registry, tracking
-    from modelyard.bundle import ModelBundle
-    from modelyard.models import Ensemble
-    from modelyard.training import FitOptions, cross_fit_splits, fit, pooled_metrics, score
+    from modelyard.training import FitOptions, cross_fit_splits
 
     task = ctx.task
     arrays = _load_arrays(ctx)
     preprocessing = _load_preprocessing(ctx)
     hparams = Hyperparams.model_validate(read_json(ctx.need(ctx.paths.best_params, "tune"))["hparams"])
-    codec = preprocessing["codec"]
     size = network_size(task, preprocessing)
     options = FitOptions.for_task(
         task,
@@ -407,17 +404,6 @@ def train(ctx: Context) -> None:
     run.log_inputs(ctx.datasets("train", "val", "test"))  # the test split is scored on this run by evaluate
     epochs = options.epochs_for(len(train_rows[0]), hparams.batch_size)
     progress = Progress(epochs * n_members, f"train {ctx.task_name} epoch")
-
-    def member_epoch_end(member: int) -> Callable[[int, dict[str, float]], None]:
-        """Member 0 logs the plain metric names; the others a `member<i>_` prefix."""
-        prefix = f"member{member}_" if member else ""
-
-        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-            run.log_metrics({prefix + k: v for k, v in metrics.items()}, step=epoch)
-            progress.step(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-
-        return on_epoch_end
-
     cross_fit = n_members > 1 and len(val[0]) < MIN_METRIC_SAMPLES and task.kind != "series"
     if cross_fit:
         splits = cross_fit_splits(train_rows, val, n_members, task.problem, ctx.settings.seed)
@@ -427,59 +413,18 @@ def train(ctx: Context) -> None:
         family_hparams = hparams.of_family(task.family, task.problem, task.kind)
         threads = torch.get_num_threads()  # with the seed, what reproduces the run exactly on the CPU
         run.log_params({**family_hparams, **task.train.model_dump(), "seed": ctx.settings.seed, "threads": threads})
-        members, results = [], []
-        for member, (member_train, member_val) in enumerate(splits):
-            member_options = replace(options, seed=options.seed + member)
-            torch.manual_seed(member_options.seed)  # initial weights from the seed alone
-            network = _network(arrays, size, task, hparams)
-            results.append(fit(network, member_train, member_val, hparams, member_options, member_epoch_end(member)))
-            members.append(network)
+        trained = _fit_members(ctx, arrays, size, hparams, options, splits, run, progress)
         progress.close()
-        best_epoch, epochs_run = results[0].best_epoch, [len(r.history) for r in results]
-        if n_members == 1:
-            candidate = (members[0], results[0].best_metrics, "retrained")
-        elif cross_fit:
-            candidate = (members[0], results[0].best_metrics, "cross_fit")
-        else:
-            ensemble = Ensemble(members, task.problem)
-            candidate = (ensemble, score(ensemble, val, hparams, options), "ensemble")
-        network, val_metrics, source, trial_epoch = _better_of(
-            candidate, lambda: _network(arrays, size, task, hparams), ctx.paths.best_trial, val, hparams, options
-        )
-        if source == "best_trial":
-            best_epoch = trial_epoch
-            say(f"train {ctx.task_name}: the best trial's weights score better on validation; keeping them")
-        held_out, split_metrics = [(network, val)], val_metrics
-        if cross_fit:  # member 0 (or the better best trial) is scored on the validation split, the rest on their folds
-            members[0], source = network, "cross_fit_best_trial" if source == "best_trial" else "cross_fit"
-            network = Ensemble(members, task.problem)
-            scores = [split_metrics] + [result.best_metrics for result in results[1:]]
-            val_metrics = pooled_metrics([(m, len(split[1][0])) for m, split in zip(scores, splits, strict=True)])
-            held_out = [(member, split[1]) for member, split in zip(members, splits, strict=True)]
-            say(
-                f"train {ctx.task_name}: {n_members} members cross-fitted on folds of train + validation "
-                f"({sum(len(split[1][0]) for split in splits)} samples scored out of fold)"
-            )
-        network.cpu()
-        threshold = _decision_threshold(task, held_out)
+        final = _final_model(ctx, arrays, size, hparams, options, splits, trained, cross_fit)
+        epochs_run = [len(result.history) for _, result in trained]
+        final.network.cpu()
+        threshold = _decision_threshold(task, final.held_out)
         if threshold != 0.5:
             say(
                 f"train {ctx.task_name}: decision threshold {threshold:.3f}, "
                 f"chosen on validation for {task.promotion_metric}"
             )
-        bundle = ModelBundle(
-            family=task.family,
-            problem=task.problem,
-            hparams=hparams,
-            schema=task.schema_,
-            target=task.target,
-            preprocessor=preprocessing["preprocessor"],
-            codec=codec,
-            network=network,
-            reference=_reference_sample(ctx.read_split("train"), ctx.settings.seed),
-            kind=task.kind,
-            threshold=threshold,
-        )
+        bundle = _bundle(ctx, hparams, preprocessing, final.network, threshold)
         # Logged from a staging folder that replaces the old model only once MLflow has it:
         # a failure or kill while logging leaves the previous model in place.
         with atomic_path(ctx.paths.model_dir) as staging:
@@ -487,15 +432,13 @@ def train(ctx: Context) -> None:
             model_uri = registry.log_bundle(run.run_id, staging, bundle, input_example(ctx), ctx.task_name)
         # The registered model's validation figures, shown on the logged model too; the
         # single values that are no curves (best epoch, threshold) are params.
-        run.log_metrics({f"best_{k}": v for k, v in val_metrics.items()}, model_id=registry.model_id(model_uri))
-        run.log_params({"best_epoch": best_epoch, "threshold": threshold, "train_source": source})
-        outcome = f"best epoch {best_epoch} ({source}), {task.monitor}={val_metrics[task.monitor]:.4f}"
-        run.set_tags(
-            {
-                tracking.TAG_TRAIN_SOURCE: source,
-                tracking.DESCRIPTION_TAG: f"The final model of {ctx.task_name}: {outcome}",
-            }
+        run.log_metrics({f"best_{k}": v for k, v in final.val_metrics.items()}, model_id=registry.model_id(model_uri))
+        run.log_params({"best_epoch": final.best_epoch, "threshold": threshold, "train_source": final.source})
+        outcome = (
+            f"best epoch {final.best_epoch} ({final.source}), {task.monitor}={final.val_metrics[task.monitor]:.4f}"
         )
+        description = f"The final model of {ctx.task_name}: {outcome}"
+        run.set_tags({tracking.TAG_TRAIN_SOURCE: final.source, tracking.DESCRIPTION_TAG: description})
     except BaseException:
         run.finish("FAILED")
         raise
@@ -507,19 +450,113 @@ def train(ctx: Context) -> None:
         {
             "run_id": run.run_id,
             "model_uri": model_uri,
-            "source": source,
+            "source": final.source,
             "selected_on": options.selection(len(val[0])),
             "ensemble": bundle.n_members,
-            "best_epoch": best_epoch,
+            "best_epoch": final.best_epoch,
             "threshold": threshold,
             "epochs_run": epochs_run if n_members > 1 else epochs_run[0],
             "validation": "out_of_fold" if cross_fit else "val_split",
-            "val": val_metrics,
-            "val_split": split_metrics,  # the (first) member's figures on the validation split
+            "val": final.val_metrics,
+            "val_split": final.split_metrics,  # the (first) member's figures on the validation split
         },
     )
-    write_training_curves(ctx.paths.train_curves, results[0].history)
+    write_training_curves(ctx.paths.train_curves, trained[0][1].history)
     say(f"train {ctx.task_name}: {outcome}")
+
+
+def _bundle(ctx: Context, hparams: Hyperparams, preprocessing: dict[str, Any], network, threshold: float):
+    """The model as it is saved and served: the network with its preprocessing and schema."""
+    from modelyard.bundle import ModelBundle
+
+    task = ctx.task
+    return ModelBundle(
+        family=task.family,
+        problem=task.problem,
+        hparams=hparams,
+        schema=task.schema_,
+        target=task.target,
+        preprocessor=preprocessing["preprocessor"],
+        codec=preprocessing["codec"],
+        network=network,
+        reference=_reference_sample(ctx.read_split("train"), ctx.settings.seed),
+        kind=task.kind,
+        threshold=threshold,
+    )
+
+
+def _fit_members(ctx: Context, arrays, size, hparams: Hyperparams, options, splits: list, run, progress) -> list:
+    """(network, fit result) of one network per (train, validation) pair of `splits`, member
+    i trained from seed + i. Member 0 logs the plain metric names, the others a
+    `member<i>_` prefix."""
+    import torch
+
+    from modelyard.training import fit
+
+    trained = []
+    for member, (member_train, member_val) in enumerate(splits):
+        prefix = f"member{member}_" if member else ""
+
+        def on_epoch_end(epoch: int, metrics: dict[str, float], prefix: str = prefix) -> None:
+            run.log_metrics({prefix + k: v for k, v in metrics.items()}, step=epoch)
+            progress.step(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+        member_options = replace(options, seed=options.seed + member)
+        torch.manual_seed(member_options.seed)  # initial weights from the seed alone
+        network = _network(arrays, size, ctx.task, hparams)
+        trained.append((network, fit(network, member_train, member_val, hparams, member_options, on_epoch_end)))
+    return trained
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    """What train registers: the network (one, or an ensemble) and its validation figures."""
+
+    network: Any
+    val_metrics: dict[str, float]  # out of fold when cross-fitted, else on the validation split
+    split_metrics: dict[str, float]  # the (first) member's figures on the validation split
+    source: str  # retrained, ensemble, best_trial, cross_fit or cross_fit_best_trial
+    best_epoch: int
+    held_out: list  # (network, samples it did not train on) pairs, for the decision threshold
+
+
+def _final_model(
+    ctx: Context, arrays, size, hparams: Hyperparams, options, splits: list, trained: list, cross_fit: bool
+) -> FinalModel:
+    """The trained members as the final model (see `train`): one network, their ensemble, or
+    the best trial's weights when those score better on validation."""
+    from modelyard.models import Ensemble
+    from modelyard.training import pooled_metrics, score
+
+    task, val = ctx.task, splits[0][1]
+    members = [network for network, _ in trained]
+    first = trained[0][1]
+    if len(members) == 1:
+        candidate = (members[0], first.best_metrics, "retrained")
+    elif cross_fit:
+        candidate = (members[0], first.best_metrics, "cross_fit")
+    else:
+        ensemble = Ensemble(members, task.problem)
+        candidate = (ensemble, score(ensemble, val, hparams, options), "ensemble")
+    network, val_metrics, source, trial_epoch = _better_of(
+        candidate, lambda: _network(arrays, size, task, hparams), ctx.paths.best_trial, val, hparams, options
+    )
+    best_epoch = first.best_epoch
+    if source == "best_trial":
+        best_epoch = trial_epoch
+        say(f"train {ctx.task_name}: the best trial's weights score better on validation; keeping them")
+    if not cross_fit:
+        return FinalModel(network, val_metrics, val_metrics, source, best_epoch, [(network, val)])
+    # member 0 (or the better best trial) is scored on the validation split, the rest on their folds
+    members[0], source = network, "cross_fit_best_trial" if source == "best_trial" else "cross_fit"
+    scores = [val_metrics] + [result.best_metrics for _, result in trained[1:]]
+    pooled = pooled_metrics([(m, len(split[1][0])) for m, split in zip(scores, splits, strict=True)])
+    held_out = [(member, split[1]) for member, split in zip(members, splits, strict=True)]
+    say(
+        f"train {ctx.task_name}: {len(members)} members cross-fitted on folds of train + validation "
+        f"({sum(len(split[1][0]) for split in splits)} samples scored out of fold)"
+    )
+    return FinalModel(Ensemble(members, task.problem), pooled, val_metrics, source, best_epoch, held_out)
 
 
 def _decision_threshold(task: TaskSettings, held_out: list[tuple[Any, tuple[np.ndarray, np.ndarray]]]) -> float:
