@@ -210,10 +210,6 @@ def run_study(
         datasets=tuple(datasets or ()),
     )
     exit_codes: list[int] = []
-
-    def count(states: tuple[TrialState, ...]) -> int:
-        return len(study.get_trials(deepcopy=False, states=states))
-
     try:
         if workers == 1:
             run_trials(setup, study=study, client=client, on_trial_end=on_trial_end)
@@ -221,41 +217,60 @@ def run_study(
             exit_codes = run_workers(setup, workers)
     finally:
         fail_stale_trials(study, storage, client, experiment)  # trials of workers that died during this run
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        parent.log_metrics(
-            {
-                "n_trials_requested": settings.n_trials,
-                "n_complete": len(complete),
-                "n_pruned": count((TrialState.PRUNED,)),
-                "n_failed": count((TrialState.FAIL,)),
-            }
-        )
-        if complete:
-            log_study_summary(parent, study, task.monitor)
-        parent.finish("FINISHED" if complete else "FAILED")
+        close_parent(parent, study, task)
+    return study_outcome(study, task, exit_codes)
+
+
+def count(study: optuna.Study, *states: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def close_parent(parent: tracking.Run, study: optuna.Study, task: TaskSettings) -> None:
+    """The parent run's trial counts and, once a trial completed, the study's summary; then
+    it ends (FAILED when no trial completed)."""
+    complete = count(study, TrialState.COMPLETE)
+    parent.log_metrics(
+        {
+            "n_trials_requested": task.tune.n_trials,
+            "n_complete": complete,
+            "n_pruned": count(study, TrialState.PRUNED),
+            "n_failed": count(study, TrialState.FAIL),
+        }
+    )
+    if complete:
+        log_study_summary(parent, study, task.monitor)
+    parent.finish("FINISHED" if complete else "FAILED")
+
+
+def study_outcome(study: optuna.Study, task: TaskSettings, exit_codes: list[int]) -> StudyResult:
+    """The finished study as train reads it; an error when its workers failed before it
+    was done, or when no trial completed."""
     failed_workers = [code for code in exit_codes if code != 0]
-    if failed_workers and count(FINISHED) < trial_target(task):
+    finished, target = count(study, *FINISHED), trial_target(task)
+    if failed_workers and finished < target:
         raise ModelyardError(
-            f"{len(failed_workers)} of {workers} tuning workers failed (exit codes {failed_workers}) "
-            f"with {count(FINISHED)} of {trial_target(task)} trials finished",
+            f"{len(failed_workers)} of {len(exit_codes)} tuning workers failed (exit codes {failed_workers}) "
+            f"with {finished} of {target} trials finished",
             "see the worker messages above; rerun the same command to continue the study",
         )
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         reasons = {t.user_attrs.get("fail_reason", "") for t in study.get_trials(states=(TrialState.FAIL,))}
         raise ModelyardError(
-            f"no trial of study {study_name} completed; failures: {'; '.join(sorted(r for r in reasons if r))[:800]}",
+            f"no trial of study {study.study_name} completed; "
+            f"failures: {'; '.join(sorted(r for r in reasons if r))[:800]}",
             "check the search space (e.g. a lower learning rate) and the data",
         )
     best = study.best_trial
     trained = [t for t in complete if "duplicate_of" not in t.user_attrs]
     return StudyResult(
-        study_name=study_name,
+        study_name=study.study_name,
         best_params=best.params,
         best_value=float(best.value),
         best_trial=best.number,
         n_complete=len(complete),
-        n_pruned=count((TrialState.PRUNED,)),
-        n_failed=count((TrialState.FAIL,)),
+        n_pruned=count(study, TrialState.PRUNED),
+        n_failed=count(study, TrialState.FAIL),
         complete=tuple((t.number, float(t.value), t.params) for t in trained),
         minimize=study.direction == optuna.study.StudyDirection.MINIMIZE,
     )
