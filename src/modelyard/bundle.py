@@ -12,6 +12,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -115,13 +116,11 @@ class ModelBundle:
                 "hparams": self.hparams.model_dump(),
                 "schema": self.schema.model_dump(mode="json"),
                 "input_shape": list(self.preprocessor.input_shape_),
-                "vocab_size": getattr(self.preprocessor, "vocab_size_", None),
-                "masked": getattr(self.preprocessor, "masked_", False),
-                "n_numeric": getattr(self.preprocessor, "n_numeric_", 0),
                 "ensemble": self.n_members,
                 "threshold": self.threshold,
-                "n_outputs": n_outputs(self.problem, self.codec, self.preprocessor),
             }
+            size = network_size(self.problem, self.preprocessor, self.codec)
+            meta |= {key: size[key] for key in ("vocab_size", "masked", "n_numeric", "n_outputs")}
             (temporary / "meta.json").write_text(json.dumps(meta, indent=2))
             if self.reference is not None:
                 self.reference.to_parquet(temporary / REFERENCE_FILE, index=False)
@@ -180,6 +179,19 @@ def n_outputs(problem: Problem, codec: TargetCodec | None, preprocessor: Preproc
     if hasattr(preprocessor, "n_outputs_"):
         return preprocessor.n_outputs_
     return len(codec.classes_) if problem == "multiclass" else 1
+
+
+def network_size(problem: Problem, preprocessor: Preprocessor, codec: TargetCodec | None) -> dict[str, Any]:
+    """What sizes a network beyond its input shape, from the fitted preprocessing: outputs,
+    vocabulary, step mask, numeric columns, and the target's scale (regression)."""
+    return {
+        "n_outputs": n_outputs(problem, codec, preprocessor),
+        "vocab_size": getattr(preprocessor, "vocab_size_", None),
+        "masked": getattr(preprocessor, "masked_", False),
+        "n_numeric": getattr(preprocessor, "n_numeric_", 0),
+        "target_scale": getattr(preprocessor, "target_scale_", getattr(codec, "scale_", 1.0)),
+        "target_offset": getattr(codec, "mean_", 0.0),
+    }
 
 
 def prediction_outputs(predictions: pd.DataFrame, problem: Problem, classes: list[str]) -> np.ndarray:

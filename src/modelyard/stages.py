@@ -182,18 +182,10 @@ def series_history(frames: dict[str, pd.DataFrame], time: str) -> pd.DataFrame:
 
 
 def network_size(task: TaskSettings, preprocessing: dict[str, Any]) -> dict[str, Any]:
-    """What sizes the network beyond the input shape: outputs, vocabulary, target scale."""
-    from modelyard.bundle import n_outputs
+    """What sizes the task's network beyond the input shape (see `bundle.network_size`)."""
+    from modelyard import bundle
 
-    preprocessor, codec = preprocessing["preprocessor"], preprocessing["codec"]
-    return {
-        "n_outputs": n_outputs(task.problem, codec, preprocessor),
-        "vocab_size": getattr(preprocessor, "vocab_size_", None),
-        "masked": getattr(preprocessor, "masked_", False),
-        "n_numeric": getattr(preprocessor, "n_numeric_", 0),
-        "target_scale": getattr(preprocessor, "target_scale_", getattr(codec, "scale_", 1.0)),
-        "target_offset": getattr(codec, "mean_", 0.0),
-    }
+    return bundle.network_size(task.problem, preprocessing["preprocessor"], preprocessing["codec"])
 
 
 def _load_arrays(ctx: Context) -> dict[str, np.ndarray]:
