@@ -61,6 +61,7 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(shrunk_params(), sort_keys=False))
     shell(root, "git", "init", "-q")
     shell(root, str(BIN / "dvc"), "init", "-q")
+    shutil.copy(REPO / ".dvcignore", root / ".dvcignore")  # in place of the one `dvc init` writes
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # the plot templates dvc.yaml names
     shell(root, "git", "add", "-A")
     shell(root, "git", "commit", "-qm", "init")
@@ -148,6 +149,11 @@ def test_plots_show_draws_each_curve_once_against_its_own_axes(checkout: Path) -
 
 
 def test_second_repro_does_nothing(checkout: Path) -> None:
+    """Also after another Python wrote compiled files beside the stages' source folders."""
+    for folder in ("features", "models", "tuning"):
+        cache = checkout / "src" / "modelyard" / folder / "__pycache__"
+        cache.mkdir(exist_ok=True)
+        (cache / "__init__.cpython-399.pyc").write_bytes(b"compiled elsewhere")
     output = shell(checkout, str(BIN / "dvc"), "repro")
     assert "Running stage" not in output
     assert "up to date" in output
