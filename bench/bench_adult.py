@@ -82,17 +82,21 @@ def best_val_accuracy(ctx: Any, best: dict[str, Any]) -> float:
     return next(m.value for m in history if m.step == best_epoch)
 
 
-# What `tuning` calls in `tracking` (every MLflow call of a study goes through these).
+# What the tune stage calls in `tracking`: every MLflow call, and the lineage and dataset
+# bookkeeping (git commit, file hashes) that goes with the runs.
 TRACKING_CALLS = {
     "Run": ("log_params", "log_metrics", "log_inputs", "log_figure", "log_dict", "set_tags", "finish", "logged_params"),
-    "module": ("start_run", "find_run", "resume", "close_dead_runs"),
+    "module": (
+        *("connect", "experiment_id", "close_dead_runs", "lineage_tags", "dataset_inputs"),
+        *("start_run", "find_run", "resume"),
+    ),
 }
 
 
 @contextmanager
 def tracking_timer() -> Iterator[dict[str, float]]:
-    """Seconds and calls spent inside modelyard's MLflow calls while the block runs, in this
-    process (a call made from inside another counts once, in the outer one)."""
+    """Seconds and calls spent inside `TRACKING_CALLS` while the block runs, in this process
+    (a call made from inside another counts once, in the outer one)."""
     from modelyard import tracking
 
     spent = {"seconds": 0.0, "calls": 0, "depth": 0}
@@ -184,8 +188,8 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     if ours["workers"] == 1:
         share = ours["tracking_s"] / ours["tune_wall_s"]
         print(
-            f"modelyard tracking (MLflow calls during tune): {ours['tracking_s']:.2f} s in {ours['tracking_calls']} "
-            f"calls, {share:.1%} of the tune wall time"
+            f"modelyard tracking (MLflow calls and run bookkeeping during tune): {ours['tracking_s']:.2f} s "
+            f"in {ours['tracking_calls']} calls, {share:.1%} of the tune wall time"
         )
     if "peer" in results:
         peer = results["peer"]
