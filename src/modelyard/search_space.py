@@ -14,7 +14,16 @@ from __future__ import annotations
 
 import math
 
-from modelyard.config import Distribution, Hyperparams, TaskSettings, hparam_kind, selection_metric
+import numpy as np
+
+from modelyard.config import (
+    Distribution,
+    Hyperparams,
+    TaskSettings,
+    hparam_kind,
+    metric_samples,
+    selection_metric,
+)
 
 MIN_BATCH, MAX_BATCH = 16, 512
 STEPS_PER_EPOCH = 16  # the largest default batch still gives an epoch this many steps
@@ -87,6 +96,31 @@ NETWORK_SPACES: dict[str, dict[str, Distribution]] = {
 DEFAULT_ARCHS = {"sequence": ("fcn", "resnet")}
 
 
+# The linear model (logistic or linear regression over the encoded features) a study of an
+# MLP runs first, when its space holds it: the classic baseline a data scientist tries
+# first. As a first trial it is never pruned (the median pruner judges no start-up trial),
+# so every study holds it, and on small data the one-standard-error rule picks it when no
+# deeper network is clearly better. A convex model converges fastest at the top of the
+# learning-rate range; weight decay and batch size are drawn as for any trial.
+BASELINE_TRIAL: dict[str, object] = {"n_layers": 0, "numeric_embedding": "none", "dropout": 0.0}
+
+
+def contains(dist: Distribution, value: object) -> bool:
+    """Whether a value is one a search-space entry can draw."""
+    return value in dist.choices if dist.choices is not None else dist.low <= value <= dist.high  # type: ignore[operator]
+
+
+def baseline_params(space: dict[str, Distribution]) -> dict[str, object]:
+    """The searched hyperparameters of BASELINE_TRIAL, or nothing when the space cannot draw
+    a linear model (the depth is fixed or excludes 0)."""
+    if "n_layers" not in space or not contains(space["n_layers"], 0):
+        return {}
+    params = {name: value for name, value in BASELINE_TRIAL.items() if name in space and contains(space[name], value)}
+    if "lr" in space and space["lr"].choices is None:
+        params["lr"] = space["lr"].high
+    return params
+
+
 def batch_choices(n_train: int) -> tuple[int, ...]:
     """Three powers of two, the largest giving an epoch at least STEPS_PER_EPOCH steps
     (within MIN_BATCH..MAX_BATCH)."""
@@ -157,13 +191,13 @@ def base_hparams(task: TaskSettings) -> Hyperparams:
     return task.model.model_copy(update={"arch": task.arch})
 
 
-def tuning_task(task: TaskSettings, n_train: int, n_val: int) -> TaskSettings:
+def tuning_task(task: TaskSettings, n_train: int, y_val: np.ndarray) -> TaskSettings:
     """The task as the study sees it: the effective search space, the resolved network, and
     the metric trials are ranked and pruned on (the validation loss for a classifier with
-    few validation samples, see `selection_metric`)."""
+    few validation samples that can tell models apart, see `selection_metric`)."""
     tune = task.tune.model_copy(update={"search_space": effective_space(task, n_train), "default_space": False})
     update = {"tune": tune, "model": base_hparams(task)}
-    if selection_metric(task.problem, task.monitor, n_val) == "val_loss":
+    if selection_metric(task.problem, task.monitor, metric_samples(task.problem, y_val)) == "val_loss":
         update["metric"] = "loss"
     return task.model_copy(update=update)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from modelyard.config import MIN_METRIC_SAMPLES, Hyperparams
+from modelyard.config import MIN_METRIC_SAMPLES, Hyperparams, Problem, metric_samples
 
 SE_GROUPS = 10  # validation samples are dealt into this many groups to estimate the standard error
 
@@ -39,9 +39,10 @@ class Candidate:
     hparams: Hyperparams
 
 
-def applies(n_val: int) -> bool:
-    """Whether the one-standard-error rule picks the trial (a small validation split)."""
-    return n_val < MIN_METRIC_SAMPLES
+def applies(problem: Problem, y_val: np.ndarray) -> bool:
+    """Whether the one-standard-error rule picks the trial: fewer than MIN_METRIC_SAMPLES
+    validation samples can tell the trials apart (`config.metric_samples`)."""
+    return metric_samples(problem, y_val) < MIN_METRIC_SAMPLES
 
 
 def standard_error(

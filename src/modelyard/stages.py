@@ -216,7 +216,7 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
     from modelyard.tuning.trials import Arrays, checkpoint_path, describe_trial, trial_target
 
     arrays = _load_arrays(ctx)
-    task = tuning_task(ctx.task, len(arrays["x_train"]), len(arrays["x_val"]))
+    task = tuning_task(ctx.task, len(arrays["x_train"]), arrays["y_val"])
     size = network_size(task, _load_preprocessing(ctx))
     features = Arrays(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], **size)
     client = tracking.connect(ctx.root)
@@ -297,7 +297,7 @@ def _selected_trial(ctx: Context, task: TaskSettings, arrays, size, result, chec
 
     best = Candidate(result.best_trial, result.best_value, hparams_of(result.best_params))
     val = (arrays["x_val"], arrays["y_val"])
-    weights = load_checkpoint(checkpoint_path(checkpoints, best.number)) if applies(len(val[1])) else None
+    weights = load_checkpoint(checkpoint_path(checkpoints, best.number)) if applies(task.problem, val[1]) else None
     if weights is None:  # a large validation split, or the best trial's weights are on another machine
         return best, {"rule": "best"}
     network = _network(arrays, size, task, best.hparams)
@@ -443,7 +443,7 @@ def train(ctx: Context) -> None:
             "run_id": run.run_id,
             "model_uri": model_uri,
             "source": final.source,
-            "selected_on": options.selection(len(val[0])),
+            "selected_on": options.selection(val[1]),
             "ensemble": bundle.n_members,
             "best_epoch": final.best_epoch,
             "threshold": threshold,
@@ -594,7 +594,7 @@ def _better_of(
     except (RuntimeError, KeyError):  # weights of another network shape: not this study's
         return network, candidate_metrics, source, -1
     metrics = score(spare, val, hparams, options)
-    if improves(metrics, candidate_metrics, options.selection(len(val[0]))):
+    if improves(metrics, candidate_metrics, options.selection(val[1])):
         return spare, metrics, "best_trial", int(trial["best_epoch"])
     return network, candidate_metrics, source, -1
 

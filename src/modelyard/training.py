@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelyard.config import Hyperparams, Problem, TaskSettings, selection_metric
+from modelyard.config import Hyperparams, Problem, TaskSettings, metric_samples, selection_metric
 from modelyard.errors import ModelyardError
 from modelyard.evaluation import lower_is_better
 from modelyard.features.augment import ImageAugmenter
@@ -104,11 +104,11 @@ class FitOptions:
             auto_budget=AUTO_TUNE if tuning else AUTO_TRAIN,
         )
 
-    def selection(self, n_val: int) -> str:
+    def selection(self, y_val: np.ndarray) -> str:
         """What the best epoch, and the final model against the best trial, are chosen on:
         the monitored metric (ties broken by the lower loss), or the validation loss for a
-        classifier with fewer than MIN_METRIC_SAMPLES validation samples."""
-        return selection_metric(self.problem, self.monitor, n_val)
+        classifier with fewer than MIN_METRIC_SAMPLES samples that can tell models apart."""
+        return selection_metric(self.problem, self.monitor, metric_samples(self.problem, y_val))
 
     def epochs_for(self, n_rows: int, batch_size: int) -> int:
         """The epoch budget: `max_epochs`, or enough epochs for the auto budget's steps."""
@@ -252,7 +252,7 @@ def fit(
     # The steps floor gives small data (a few steps an epoch) time to move, within a tenth
     # of the budget: 300 steps at 2 steps an epoch would otherwise wait 150 epochs.
     patience = max(options.patience, min(math.ceil(options.min_patience_steps / n_steps), max_epochs // 10))
-    selection = options.selection(len(x_val))
+    selection = options.selection(val[1])
 
     best_epoch, best_state, best_loss = -1, None, math.inf
     last_gain = 0  # the last epoch that improved the monitored value or the validation loss

@@ -22,6 +22,7 @@ from tests.integration.test_family_pipelines import (
     weekly_series,
     write_image_folder,
 )
+from tests.integration.test_stages import study_trials
 from tests.unit.test_family_data import idx_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,6 +69,8 @@ def test_an_added_semicolon_table_runs_to_a_registered_model(tmp_path: Path, mlf
         stage(ctx)
     registry = json.loads(ctx.paths.registry_decision.read_text())
     assert registry["version"] == 1 and registry["promoted"]
+    baseline = study_trials(ctx)[0].params  # the study ran logistic regression first
+    assert baseline["n_layers"] == 0 and baseline["numeric_embedding"] == "none" and baseline["dropout"] == 0.0
     test = pd.read_parquet(ctx.paths.split_file("test"))
     majority = test["default"].value_counts(normalize=True).max()
     assert json.loads(ctx.paths.metrics.read_text())["test_accuracy"] > majority + 0.05

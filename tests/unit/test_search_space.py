@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from modelyard.config import Distribution, TaskSettings, parse_settings
 from modelyard.search_space import (
+    baseline_params,
     batch_choices,
     effective_space,
     space_size,
@@ -86,6 +88,15 @@ def test_space_size_counts_configurations() -> None:
     assert space_size({**space, "dropout": Distribution(low=0.0, high=0.5)}) == math.inf
 
 
+def test_an_mlp_study_starts_with_a_linear_model_when_its_space_holds_one() -> None:
+    space = effective_space(task(model={}, tune={"n_trials": 20}), n_train=640)
+    linear = {"n_layers": 0, "numeric_embedding": "none", "dropout": 0.0, "lr": space["lr"].high}
+    assert baseline_params(space) == linear
+    deep = {**space, "n_layers": Distribution(low=1, high=3)}
+    assert baseline_params(deep) == {}  # the user's space has no linear model in it
+    assert baseline_params(effective_space(task(), n_train=640)) == {}  # the toy task fixes the layers
+
+
 def test_sequences_compare_fcn_and_resnet_unless_the_task_picks_one() -> None:
     space = effective_space(sequence_task(), n_train=300)
     assert space["arch"].choices == ("fcn", "resnet") and "filters" in space
@@ -93,16 +104,18 @@ def test_sequences_compare_fcn_and_resnet_unless_the_task_picks_one() -> None:
     picked = sequence_task(model={"arch": "lstm"})
     space = effective_space(picked, n_train=300)
     assert "arch" not in space and {"hidden_size", "bidirectional"} <= set(space)
-    assert tuning_task(picked, 300, 100).model.arch == "lstm"
-    assert tuning_task(sequence_task(), 300, 100).model.arch == "fcn"  # `auto` resolved
+    assert tuning_task(picked, 300, np.arange(100) % 2).model.arch == "lstm"
+    assert tuning_task(sequence_task(), 300, np.arange(300) % 2).model.arch == "fcn"  # `auto` resolved
 
 
 def test_a_classifier_with_few_validation_samples_is_tuned_on_the_validation_loss() -> None:
     # accuracy on a dozen samples ties most trials; the loss still ranks them
-    assert tuning_task(sequence_task(), 40, 12).monitor == "val_loss"
-    assert tuning_task(sequence_task(), 400, 100).monitor == "val_accuracy"
+    assert tuning_task(sequence_task(), 40, np.arange(12) % 2).monitor == "val_loss"
+    assert tuning_task(sequence_task(), 400, np.arange(200) % 2).monitor == "val_accuracy"
+    # 1,600 rows, 50 of them in the rare class: those 50 decide accuracy
+    assert tuning_task(sequence_task(), 6400, np.r_[np.ones(50), np.zeros(1550)]).monitor == "val_loss"
     regression = task(problem="regression", target="x1", positive_label=None)
-    assert tuning_task(regression, 40, 12).monitor == "val_rmse"  # RMSE is not a step function
+    assert tuning_task(regression, 40, np.zeros(12)).monitor == "val_rmse"  # RMSE is not a step function
 
 
 def test_a_table_without_numeric_columns_searches_no_numeric_embedding() -> None:
@@ -118,5 +131,5 @@ def test_the_pruner_waits_longer_on_small_data(n_train: int, expected: int) -> N
     its first dozen epochs; one on 26,000 rows learns within a few."""
     from modelyard.tuning.trials import pruner_warmup
 
-    study_task = tuning_task(task(tune={"n_trials": 3}), n_train, 100)  # auto budget, default space
+    study_task = tuning_task(task(tune={"n_trials": 3}), n_train, np.arange(200) % 2)  # auto budget, default space
     assert pruner_warmup(study_task, n_train) == expected

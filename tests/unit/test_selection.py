@@ -46,4 +46,14 @@ def test_the_standard_error_shrinks_with_more_validation_samples() -> None:
 
 
 def test_only_small_validation_splits_use_the_rule() -> None:
-    assert applies(MIN_METRIC_SAMPLES - 1) and not applies(MIN_METRIC_SAMPLES)
+    assert applies("regression", np.zeros(MIN_METRIC_SAMPLES - 1))
+    assert not applies("regression", np.zeros(MIN_METRIC_SAMPLES))
+
+
+def test_a_rare_class_makes_a_large_validation_split_small() -> None:
+    """1,600 rows with 3 % positives: about 50 rows decide accuracy, so the rule applies."""
+    rare = np.r_[np.ones(50), np.zeros(1550)]
+    assert applies("binary", rare) and not applies("regression", rare)
+    balanced = np.arange(1600) % 2
+    assert not applies("binary", balanced)
+    assert not applies("multiclass", np.arange(300) % 10)  # 270 outside the most common class

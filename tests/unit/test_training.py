@@ -114,7 +114,7 @@ def test_same_params_and_seed_give_identical_history() -> None:
     assert other_seed.history != first.history  # the seed does matter, so the equality above means something
 
 
-def noisy_run(monitor: str, patience: int, n_val: int = 128):
+def noisy_run(monitor: str, patience: int, n_val: int = 256):
     """Train on learnable labels with 30% of them flipped, validate on clean ones: the network
     first learns the signal, then memorises the noise and validation gets worse."""
     x, y = make_learnable(64, seed=3)

@@ -5,7 +5,8 @@ space, fixed hyperparameters, budget, seed), so rerunning after an interruption 
 the same study up to the requested number of finished (complete or pruned) trials, while
 changed inputs start a fresh one. The same command on another machine, pointed at the
 same RDB storage, joins the same study. On retraining, the champion's hyperparameters are
-the first trial of a new study (`warm_start_params`).
+the first trial of a new study (`warm_start_params`); an MLP study then runs a linear
+model (`search_space.baseline_params`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from modelyard import tracking
 from modelyard.config import Distribution, Hyperparams, TaskSettings, TuneSettings
 from modelyard.errors import ModelyardError
-from modelyard.search_space import describe
+from modelyard.search_space import baseline_params, contains, describe
 from modelyard.tuning.storage import (
     GRACE_PERIOD_S,
     HEARTBEAT_INTERVAL_S,
@@ -69,13 +70,7 @@ def study_fingerprint(features_md5: str, task: TaskSettings, seed: int) -> str:
 def warm_start_params(hparams: Hyperparams, space: dict[str, Distribution]) -> dict[str, Any]:
     """The searched hyperparameters of an earlier model that the current search space still
     holds: the first trial of a warm-started study."""
-    chosen: dict[str, Any] = {}
-    for name, dist in space.items():
-        value = getattr(hparams, name)
-        inside = value in dist.choices if dist.choices is not None else dist.low <= value <= dist.high
-        if inside:
-            chosen[name] = value
-    return chosen
+    return {name: getattr(hparams, name) for name, dist in space.items() if contains(dist, getattr(hparams, name))}
 
 
 def log_study_summary(parent: tracking.Run, study: optuna.Study, monitor: str) -> None:
@@ -176,10 +171,11 @@ def run_study(
     shared = storage_url is not None or workers > 1
     study = load_study(study_name, storage, task, sampler_seed(seed, shared=shared), len(arrays.x_train))
     fail_stale_trials(study, storage, client, experiment)
-    if warm_start is not None and not study.get_trials(deepcopy=False):
-        start = warm_start_params(warm_start, settings.search_space)
-        if start:
-            study.enqueue_trial(start)
+    if not study.get_trials(deepcopy=False):  # a new study: the champion's trial, then the baseline
+        champion = warm_start_params(warm_start, settings.search_space) if warm_start is not None else {}
+        for start in (champion, baseline_params(settings.search_space)):
+            if start:
+                study.enqueue_trial(start)
     params = {
         "max_epochs_per_trial": settings.max_epochs or "auto",
         "pruner": settings.pruner,

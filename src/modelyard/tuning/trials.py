@@ -230,7 +230,8 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
         run.log_metrics({f"best_{task.monitor}": value})
         run.log_params({"best_epoch": result.best_epoch})
         # On small data every completed trial may become the final model's (`selection.py`).
-        if setup.checkpoint_dir is not None and (applies(len(arrays.y_val)) or beats_study(trial.study, value)):
+        keep = applies(task.problem, arrays.y_val) or beats_study(trial.study, value)
+        if setup.checkpoint_dir is not None and keep:
             path = checkpoint_path(setup.checkpoint_dir, trial.number)
             save_checkpoint(path, model, result.best_metrics, result.best_epoch, trial.number)
         return value
