@@ -4,12 +4,15 @@ modelyard writes is defined here, once.
 
 Runs are driven through `MlflowClient` with explicit run ids rather than MLflow's global
 "active run", so trials running side by side never log into each other's runs.
-Metrics are logged once per epoch in one batch call, never per batch.
+Metrics are logged once per epoch in one batch call, never per batch. A trial's run buffers
+its metrics, params and tags and writes them in one call at most every FLUSH_INTERVAL_S
+seconds and when it ends: a store write costs about as much as a small trial's epoch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shlex
 import socket
@@ -78,6 +81,11 @@ PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 TRACKING_TIMEOUT_S = 10
+# How long a buffered run (a trial's) holds what it logged before writing it: the MLflow UI
+# shows a running trial's epochs this late at most, and a killed trial loses at most this much.
+FLUSH_INTERVAL_S = 5.0
+# MLflow's limits for one log_batch call.
+BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}
 # The experiment kind MLflow's UI gives a model-training experiment. MLflow 3.17's UI still
 # opens the GenAI view unless the link carries `?workflowType=machine_learning` (the README's
 # and `make ui`'s links do) or the user picked "Model training" once in that browser.
@@ -264,21 +272,37 @@ def dataset_inputs(
 
 
 class Run:
-    """One MLflow run, addressed by id."""
+    """One MLflow run, addressed by id. A `buffered` run holds its metrics, params and tags
+    until FLUSH_INTERVAL_S have passed since its last write, or it ends (`flush`)."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, buffered: bool = False) -> None:
         self.client = client
         self.run_id = run_id
+        self.buffered = buffered
+        self.pending: dict[str, list] = {"metrics": [], "params": [], "tags": []}
+        self.written_at = -math.inf  # the first values are written at once: the UI shows the run started
+
+    def _log(self, kind: str, entries: list) -> None:
+        self.pending[kind].extend(entries)
+        if not self.buffered or time.monotonic() - self.written_at >= FLUSH_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what the run holds, in as few log_batch calls as MLflow's limits allow."""
+        while any(self.pending.values()):
+            batch = {kind: entries[: BATCH_LIMITS[kind]] for kind, entries in self.pending.items()}
+            self.pending = {kind: entries[BATCH_LIMITS[kind] :] for kind, entries in self.pending.items()}
+            self.client.log_batch(self.run_id, **batch)
+        self.written_at = time.monotonic()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self._log("params", [Param(k, str(v)) for k, v in params.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0, model_id: str | None = None) -> None:
         """Log metrics at `step`; with `model_id` they also show on that logged model."""
         stop_if_terminated()  # the safe point where SIGTERM stops a training or tuning loop (each epoch)
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self._log("metrics", [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()])
 
     def log_inputs(self, inputs: list[DatasetInput]) -> None:
         if inputs:
@@ -295,25 +319,32 @@ class Run:
 
     def logged_params(self) -> dict[str, str]:
         """The params the run holds (MLflow params never change once logged)."""
+        self.flush()
         return dict(self.client.get_run(self.run_id).data.params)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._log("tags", [RunTag(k, str(v)) for k, v in tags.items()])
 
     def finish(self, status: str = "FINISHED") -> None:
-        """End the run: FINISHED, FAILED or KILLED."""
+        """Write what is buffered, then end the run: FINISHED, FAILED or KILLED."""
+        self.flush()
         self.client.set_terminated(self.run_id, status=status)
 
 
 def start_run(
-    client: MlflowClient, experiment: str, name: str, tags: Mapping[str, str], parent: Run | None = None
+    client: MlflowClient,
+    experiment: str,
+    name: str,
+    tags: Mapping[str, str],
+    parent: Run | None = None,
+    buffered: bool = False,
 ) -> Run:
-    """A new run (a child of `parent` when given) with its tags set."""
+    """A new run (a child of `parent` when given) with its tags set; see `Run` for `buffered`."""
     all_tags = {**tags, TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
     if parent is not None:
         all_tags[PARENT_TAG] = parent.run_id
     created = client.create_run(experiment, run_name=name, tags=all_tags)
-    return Run(client, created.info.run_id)
+    return Run(client, created.info.run_id, buffered)
 
 
 def close_dead_runs(client: MlflowClient, experiment: str) -> list[str]:

@@ -244,7 +244,7 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
             trial.set_user_attr("duplicate_of", earlier.number)
             return float(earlier.value)
         tags = {**setup.trial_tags, tracking.TAG_TRIAL: f"{setup.study_name}/{trial.number}"}
-        run = tracking.start_run(client, setup.experiment, f"trial-{trial.number}", tags, parent=parent)
+        run = tracking.start_run(client, setup.experiment, f"trial-{trial.number}", tags, parent=parent, buffered=True)
         state, reason, value = TrialState.FAIL, "", math.nan
         try:
             trial.set_user_attr("mlflow_run_id", run.run_id)

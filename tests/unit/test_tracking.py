@@ -1,0 +1,51 @@
+"""A trial's MLflow run buffers what it logs: few store writes, nothing lost when it ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelyard import tracking
+
+
+@pytest.fixture
+def client(tmp_path: Path, mlflow_uri: str):
+    return tracking.connect(tmp_path)
+
+
+def steps_of(client, run: tracking.Run, name: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run.run_id, name)]
+
+
+def test_a_buffered_run_shows_its_first_epoch_at_once_and_every_epoch_when_it_ends(client, monkeypatch) -> None:
+    experiment = client.create_experiment("toy")
+    run = tracking.start_run(client, experiment, "trial-0", {}, buffered=True)
+    writes = []
+    log_batch = client.log_batch
+    monkeypatch.setattr(client, "log_batch", lambda *a, **k: writes.append(k) or log_batch(*a, **k))
+    run.log_params({"lr": 0.01})
+    assert client.get_run(run.run_id).data.params == {"lr": "0.01"}  # the run's first values: at once
+    for epoch in range(1, 51):
+        run.log_metrics({"val_loss": 1.0 / epoch, "val_accuracy": 0.5}, step=epoch)
+    assert steps_of(client, run, "val_loss") == []  # within FLUSH_INTERVAL_S of the first write: held
+    run.set_tags({tracking.TAG_TRIAL_STATE: "COMPLETE"})
+    run.finish()
+    assert steps_of(client, run, "val_loss") == list(range(1, 51))
+    stored = client.get_run(run.run_id)
+    assert stored.data.tags[tracking.TAG_TRIAL_STATE] == "COMPLETE" and stored.info.status == "FINISHED"
+    assert len(writes) == 2  # the params at once, then 50 epochs and the tag in one write
+
+
+def test_a_run_writes_again_once_the_interval_has_passed(client, monkeypatch) -> None:
+    monkeypatch.setattr(tracking, "FLUSH_INTERVAL_S", 0.0)
+    run = tracking.start_run(client, client.create_experiment("toy"), "trial-0", {}, buffered=True)
+    for epoch in (1, 2):
+        run.log_metrics({"val_loss": 1.0}, step=epoch)
+    assert steps_of(client, run, "val_loss") == [1, 2]  # the MLflow UI follows a long trial
+
+
+def test_more_metrics_than_one_mlflow_batch_holds_are_all_written(client) -> None:
+    run = tracking.start_run(client, client.create_experiment("toy"), "train", {})
+    run.log_metrics({f"m{i}": float(i) for i in range(tracking.BATCH_LIMITS["metrics"] + 200)})
+    assert len(client.get_run(run.run_id).data.metrics) == tracking.BATCH_LIMITS["metrics"] + 200
