@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from modelyard.config import Hyperparams, Problem, SchemaSettings
-from modelyard.data.images import IMAGE_COLUMNS
 from modelyard.data.sources import conform
 from modelyard.errors import ModelyardError
 from modelyard.features import Preprocessor, TargetCodec
@@ -54,40 +53,25 @@ class ModelBundle:
 
     @property
     def input_columns(self) -> list[str]:
-        """The raw columns the model reads."""
-        if self.kind == "images":
-            return list(IMAGE_COLUMNS)
-        if self.kind == "text":
-            return [self.preprocessor.column]
-        if self.kind == "series":
-            return [self.preprocessor.time, *self.preprocessor.columns]
-        if self.kind == "sequence":
-            return [self.preprocessor.id_column, self.preprocessor.step_column, *self.preprocessor.columns]
-        # The preprocessor's columns, not every schema column: a split column is declared but no feature.
-        used = {*self.preprocessor.categorical, *self.preprocessor.numeric}
-        return [c for c in self.schema.columns if c in used]
+        """The raw columns the model reads (its kind's preprocessor knows them)."""
+        return self.preprocessor.input_columns(self.schema)
 
     def predict(self, data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
         """Raw input in, a frame out: `probability` and `label` (binary: probability of the
         positive class; multiclass: of the predicted label, plus `prob_<class>` columns),
         `prediction` (regression), or for a series `origin`, `time`, `step` and one column
         per target (a forecast from each point of the history given)."""
-        if isinstance(data, np.ndarray) and self.kind == "images":
-            return self._decode(predict(self.network, self.preprocessor.transform(data), self.problem))
-        frame = pd.DataFrame(data) if not isinstance(data, pd.DataFrame) else data
-        missing = [c for c in self.input_columns if c not in frame.columns]
-        if missing:
-            raise ModelyardError(
-                f"input lacks column(s) {', '.join(missing)}", f"the model expects: {', '.join(self.input_columns)}"
-            )
-        rows = conform(frame[self.input_columns], self.schema)
-        if self.kind == "series":
-            return self.preprocessor.forecast(rows, lambda x: predict(self.network, x, "regression"))
-        if self.kind == "sequence":  # one prediction per sequence, in sorted id order
-            result = self._decode(predict(self.network, self.preprocessor.transform(rows), self.problem))
-            result.insert(0, self.preprocessor.id_column, self.preprocessor.ids(rows))
-            return result
-        return self._decode(predict(self.network, self.preprocessor.transform(rows), self.problem))
+        if isinstance(data, np.ndarray) and self.preprocessor.takes_arrays:
+            rows: pd.DataFrame | np.ndarray = data
+        else:
+            frame = pd.DataFrame(data) if not isinstance(data, pd.DataFrame) else data
+            missing = [c for c in self.input_columns if c not in frame.columns]
+            if missing:
+                raise ModelyardError(
+                    f"input lacks column(s) {', '.join(missing)}", f"the model expects: {', '.join(self.input_columns)}"
+                )
+            rows = conform(frame[self.input_columns], self.schema)
+        return self.preprocessor.predictions(rows, lambda x: predict(self.network, x, self.problem), self._decode)
 
     def _decode(self, output: np.ndarray) -> pd.DataFrame:
         if self.problem == "regression":

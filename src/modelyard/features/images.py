@@ -6,14 +6,21 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import NotFittedError
 
-from modelyard.data.images import as_image_layout, frame_images
+from modelyard.config import SchemaSettings
+from modelyard.data.images import IMAGE_COLUMNS, as_image_layout, frame_images
 from modelyard.errors import ModelyardError
+from modelyard.features.rows import OnePredictionPerRow
 
 
-class ImagePreprocessor:
+class ImagePreprocessor(OnePredictionPerRow):
     """Learns the image shape (H, W, C) and the value scale (255 for 0..255 pixels, 1 for
     pixels already in 0..1) from the training images; `transform` takes an `image_frame` or
     an array of images in any layout `as_image_layout` reads."""
+
+    takes_arrays = True
+
+    def input_columns(self, schema: SchemaSettings) -> list[str]:
+        return list(IMAGE_COLUMNS)
 
     def fit(self, frame: pd.DataFrame, y: np.ndarray | None = None) -> ImagePreprocessor:
         images = frame_images(frame)

@@ -28,8 +28,9 @@ from sklearn.preprocessing import (
 )
 from sklearn.utils.validation import check_is_fitted
 
-from modelyard.config import TARGET_ENCODERS, FeatureSettings, TaskSettings
+from modelyard.config import TARGET_ENCODERS, FeatureSettings, SchemaSettings, TaskSettings
 from modelyard.errors import ModelyardError
+from modelyard.features.rows import OnePredictionPerRow
 
 MISSING = "__missing__"
 ONEHOT_DROP = {"none": None, "first": "first", "if_binary": "if_binary"}
@@ -51,7 +52,7 @@ CE_ENCODERS = {
 SEEDED = {"leave_one_out", "woe", "james_stein", "m_estimate"}
 
 
-class TabularPreprocessor(BaseEstimator, TransformerMixin):
+class TabularPreprocessor(OnePredictionPerRow, BaseEstimator, TransformerMixin):
     """Turn a raw frame into a dense float32 matrix for the network.
 
     Categorical columns: missing values become the level "__missing__", then the column's
@@ -115,6 +116,11 @@ class TabularPreprocessor(BaseEstimator, TransformerMixin):
         """Output column names, as scikit-learn estimators report them."""
         check_is_fitted(self, "columns_")
         return np.asarray(self.feature_names_out_, dtype=object)
+
+    def input_columns(self, schema: SchemaSettings) -> list[str]:
+        """The encoded columns in the schema's order (a split column is declared, but no feature)."""
+        used = {*self.categorical, *self.numeric}
+        return [c for c in schema.columns if c in used]
 
     def _check_columns(self, X: pd.DataFrame) -> None:
         missing = [c for c in [*self.categorical, *self.numeric] if c not in X.columns]

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import NotFittedError
 
+from modelyard.config import SchemaSettings
 from modelyard.errors import ModelyardError
+from modelyard.features.rows import Decode, Predict
 
 
 class SequencePreprocessor:
@@ -66,6 +68,17 @@ class SequencePreprocessor:
                 "give each step of a sequence one row",
             )
         return ordered
+
+    takes_arrays = False
+
+    def input_columns(self, schema: SchemaSettings) -> list[str]:
+        return [self.id_column, self.step_column, *self.columns]
+
+    def predictions(self, rows: pd.DataFrame, predict: Predict, decode: Decode) -> pd.DataFrame:
+        """One prediction per sequence, in sorted id order, with its id first."""
+        result = decode(predict(self.transform(rows)))
+        result.insert(0, self.id_column, self.ids(rows))
+        return result
 
     def ids(self, frame: pd.DataFrame) -> np.ndarray:
         """The sequence ids, in the order `transform` returns their samples."""

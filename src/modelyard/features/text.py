@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import NotFittedError
 
+from modelyard.config import SchemaSettings
 from modelyard.errors import ModelyardError
+from modelyard.features.rows import OnePredictionPerRow
 
 TOKEN = re.compile(r"\w+|[^\w\s]")
 PAD, UNKNOWN = 0, 1
@@ -108,7 +110,7 @@ def _as_texts(texts: Iterable[str]) -> list[str]:
     return texts
 
 
-class TextPreprocessor:
+class TextPreprocessor(OnePredictionPerRow):
     """A text column to padded token ids for the text networks (as float32, the dtype `fit()`
     feeds; the network reads them back as integer ids). `max_length` None: pad to the 95th
     percentile of the training texts' token counts (see `TextVectorizer`)."""
@@ -129,6 +131,9 @@ class TextPreprocessor:
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         ids, _ = self.vectorizer.transform(self._texts(frame))
         return ids.astype(np.float32)
+
+    def input_columns(self, schema: SchemaSettings) -> list[str]:
+        return [self.column]
 
     def _texts(self, frame: pd.DataFrame) -> list[str]:
         if self.column not in frame.columns:

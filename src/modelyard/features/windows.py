@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from modelyard.config import SchemaSettings
 from modelyard.errors import ModelyardError
+from modelyard.features.rows import Decode, Predict
 
 
 def _check_length(n_steps: int, window: int, horizon: int, what: str) -> None:
@@ -106,6 +108,15 @@ class SeriesPreprocessor:
         change = values[ahead][:, :, index] - values[origins][:, None, index]
         y = (change / self.scale_[index]).reshape(len(origins), -1).astype(np.float32)
         return self._inputs(values, origins), y
+
+    takes_arrays = False
+
+    def input_columns(self, schema: SchemaSettings) -> list[str]:
+        return [self.time, *self.columns]
+
+    def predictions(self, rows: pd.DataFrame, predict: Predict, decode: Decode) -> pd.DataFrame:
+        """A forecast from every point of the history (`forecast`): values, nothing to decode."""
+        return self.forecast(rows, predict)
 
     def forecast(self, frame: pd.DataFrame, predict: Callable[[np.ndarray], np.ndarray] | None) -> pd.DataFrame:
         """A forecast from every point of `frame` with a full window before it, the last one
