@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typing
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -105,3 +106,39 @@ def test_each_family_builds_for_its_input_shape() -> None:
     text = build_model("lstm", (20,), 2, Hyperparams(hidden_size=8, embed_dim=4), vocab_size=50)
     ids = torch.randint(1, 50, (3, 20)).float()  # fit() hands token ids over as floats
     assert text(ids).shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("family", "shape", "extra"),
+    [
+        ("ann", (N_INPUTS,), {}),
+        ("ann", (N_INPUTS,), {"n_numeric": 3, "hparams": Hyperparams(numeric_embedding="periodic")}),
+        ("cnn", (1, 8, 8), {}),
+        ("lstm", (12, 2), {}),
+        ("lstm", (12, 3), {"masked": True, "hparams": Hyperparams(arch="fcn", filters=8)}),
+        ("lstm", (12, 3), {"masked": True, "hparams": Hyperparams(arch="resnet", filters=8)}),
+        ("lstm", (20,), {"vocab_size": 50, "hparams": Hyperparams(arch="bag")}),
+    ],
+)
+@pytest.mark.parametrize("problem", ["binary", "multiclass"])
+def test_an_untrained_network_predicts_the_training_class_shares(family, shape, extra, problem) -> None:
+    """With 5 % positives (or classes of 80 / 15 / 5 %) the first step starts from the base
+    rate, not from equal odds."""
+    from modelyard.training import predict, start_at_prior
+
+    extra = dict(extra)
+    hparams = extra.pop("hparams", Hyperparams())
+    shares = np.array([0.95, 0.05]) if problem == "binary" else np.array([0.80, 0.15, 0.05])
+    n_outputs = 1 if problem == "binary" else len(shares)
+    torch.manual_seed(0)
+    model = build_model(family, shape, n_outputs, hparams, **extra).eval()
+    labels = np.repeat(np.arange(len(shares)), (shares * 2000).astype(int))
+    start_at_prior(model, labels, problem)
+    x = np.random.default_rng(0).random((64, *shape)).astype(np.float32)
+    if "vocab_size" in extra:
+        x = np.floor(x * 50)
+    if extra.get("masked"):
+        x[..., -1] = 1.0
+    outputs = predict(model, x, problem)
+    predicted = np.c_[1 - outputs, outputs] if problem == "binary" else outputs
+    assert np.abs(predicted.mean(axis=0) - shares).max() < 0.1
