@@ -14,9 +14,10 @@ The recipe, chosen to converge on 30 rows and on 30,000 alike:
   never before `min_epochs`: a flat validation accuracy (a majority-class start) does not
   stop a run whose loss still falls, nor does the flat start of a small-data run whose
   learning rate is still warming up;
+- a classifier's output layer starts at the training classes' shares (`start_at_prior`);
 - the best epoch is the best monitored value, ties broken by the lower validation loss
-  (a classifier validated on fewer than 100 samples: the lowest validation loss); its
-  weights are restored.
+  (a classifier validated on fewer than 100 samples outside its most common class: the
+  lowest validation loss); its weights are restored.
 
 Fast by design: the data lives as tensors on the device, batches are slices of a shuffled
 index (no per-sample collation), and metrics accumulate on the device and are read back
