@@ -407,12 +407,14 @@ def predict_file(
     (a .npy / .npz file) get one row per image, a series one row per forecast step (origin,
     time, step, value), sequences one row per id: their rows do not match input rows.
     """
+    from modelyard.kinds import kind_of
+
     task = settings.task(task_name)
     if output_path.suffix.lower() not in PREDICTION_SUFFIXES:
         raise ModelyardError(f"--output {output_path}: not a .csv or .parquet file", "name a .csv or .parquet file")
     rows = None  # the file's rows as written, kept beside tabular and text predictions
     if input_path.suffix.lower() in (".npy", ".npz"):
-        if task.kind != "images":
+        if not kind_of(task).takes_arrays:
             raise ModelyardError(f"{input_path}: arrays are input for image tasks", "give a .csv or .parquet file")
         from modelyard.data.images import read_unlabelled_images
 
@@ -454,7 +456,7 @@ def predict_file(
             f"the {which} of model {task_name} could not score {input_path} ({type(exc).__name__})",
             "check the column types against the model's signature; --debug shows the full error",
         ) from exc
-    if rows is not None and task.kind in ("tabular", "text"):
+    if rows is not None and kind_of(task).keeps_rows:
         result = pd.concat([rows, predictions.add_prefix("predicted_")], axis=1)
     else:
         result = predictions

@@ -127,17 +127,18 @@ def split(ctx: Context) -> None:
 
 def featurize(ctx: Context) -> None:
     """Fit encoders, imputation and scaling on the training rows only; transform all splits."""
-    from modelyard.features import TargetCodec, build_preprocessor
+    from modelyard.features import TargetCodec
+    from modelyard.kinds import kind_of
 
-    task = ctx.task
+    task, kind = ctx.task, kind_of(ctx.task)
     frames = {part: ctx.read_split(part) for part in SPLITS}
     train = frames["train"]
-    preprocessor = build_preprocessor(task, seed=ctx.settings.seed)
+    preprocessor = kind.preprocessor(task, seed=ctx.settings.seed)
     arrays: dict[str, np.ndarray] = {}
     codec = None
-    if task.kind == "series":
+    if kind.forecasts:
         preprocessor.fit(train)
-        history = series_history(frames, task.schema_.time)
+        history = kind.history(task, frames.__getitem__)
         for part, frame in frames.items():
             times = frame[task.schema_.time]
             x, y = preprocessor.windows(history, times.min(), times.max())
@@ -150,7 +151,7 @@ def featurize(ctx: Context) -> None:
             arrays[f"x_{part}"], arrays[f"y_{part}"] = x, y
     else:
         # One target per sample: per row, or per sequence (sorted ids, as the samples come out).
-        targets = {part: sample_targets(task, frame) for part, frame in frames.items()}
+        targets = {part: kind.targets(task, frame) for part, frame in frames.items()}
         classes = list(task.schema_.columns[task.target].categories or []) or None
         codec = TargetCodec(task.problem, classes=classes, positive_label=task.positive_label).fit(targets["train"])
         preprocessor.fit(train.drop(columns=[task.target]), codec.encode(targets["train"]))
@@ -163,22 +164,6 @@ def featurize(ctx: Context) -> None:
         pickle.dump({"preprocessor": preprocessor, "codec": codec}, handle)
     shape = " x ".join(str(n) for n in preprocessor.input_shape_)
     say(f"featurize {ctx.task_name}: {len(arrays['x_train'])} training samples of shape {shape}")
-
-
-def sample_targets(task: TaskSettings, frame: pd.DataFrame) -> pd.Series:
-    """The target of each sample: a row's, or for sequence classification each sequence's
-    (in sorted id order)."""
-    from modelyard.features import sequence_labels
-
-    if task.kind == "sequence":
-        return sequence_labels(frame, task.features.sequence.id, task.target)
-    return frame[task.target]
-
-
-def series_history(frames: dict[str, pd.DataFrame], time: str) -> pd.DataFrame:
-    """The whole series again from its split parts, in time order (val and test windows
-    look back into the periods before them)."""
-    return pd.concat(frames.values(), ignore_index=True).sort_values(time, ignore_index=True)
 
 
 def network_size(task: TaskSettings, preprocessing: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +356,7 @@ def train(ctx: Context) -> None:
     import torch
 
     from modelyard import registry, tracking
+    from modelyard.kinds import kind_of
     from modelyard.training import FitOptions, cross_fit_splits
 
     task = ctx.task
@@ -396,7 +382,7 @@ def train(ctx: Context) -> None:
     run.log_inputs(ctx.datasets("train", "val", "test"))  # the test split is scored on this run by evaluate
     epochs = options.epochs_for(len(train_rows[0]), hparams.batch_size)
     progress = Progress(epochs * n_members, f"train {ctx.task_name} epoch")
-    cross_fit = n_members > 1 and len(val[0]) < MIN_METRIC_SAMPLES and task.kind != "series"
+    cross_fit = n_members > 1 and len(val[0]) < MIN_METRIC_SAMPLES and kind_of(task).cross_fits
     if cross_fit:
         splits = cross_fit_splits(train_rows, val, n_members, task.problem, ctx.settings.seed)
     else:
@@ -421,7 +407,9 @@ def train(ctx: Context) -> None:
         # a failure or kill while logging leaves the previous model in place.
         with atomic_path(ctx.paths.model_dir) as staging:
             bundle.save(staging)
-            model_uri = registry.log_bundle(run.run_id, staging, bundle, input_example(ctx), ctx.task_name)
+            model_uri = registry.log_bundle(
+                run.run_id, staging, bundle, kind_of(task).input_example(task, ctx.read_split), ctx.task_name
+            )
         # The registered model's validation figures, shown on the logged model too; the
         # single values that are no curves (best epoch, threshold) are params.
         run.log_metrics({f"best_{k}": v for k, v in final.val_metrics.items()}, model_id=registry.model_id(model_uri))
@@ -599,31 +587,6 @@ def _better_of(
     return network, candidate_metrics, source, -1
 
 
-def model_input(task: TaskSettings, frame: pd.DataFrame) -> pd.DataFrame | np.ndarray:
-    """What a model is given for a frame of split rows: the rows, or for images the image
-    array (the registered model's input is images, not encoded pixel bytes)."""
-    if task.kind == "images":
-        from modelyard.data.images import frame_images
-
-        return frame_images(frame)
-    return frame
-
-
-def input_example(ctx: Context) -> pd.DataFrame | np.ndarray:
-    """A few raw inputs for the registered model's signature and example: validation rows,
-    images, or for a series two windows of history."""
-    task = ctx.task
-    if task.kind == "series":
-        frames = {part: ctx.read_split(part) for part in SPLITS}
-        return series_history(frames, task.schema_.time).tail(2 * task.features.series.window)
-    val = ctx.read_split("val")
-    columns = [c for c in val.columns if c != task.target]
-    if task.kind == "sequence":  # the rows of two sequences
-        id_column = task.features.sequence.id
-        return val.loc[val[id_column].isin(val[id_column].unique()[:2]), columns]
-    return model_input(task, val[columns].head(5))
-
-
 def test_outputs(ctx: Context, predict: Callable[[Any], pd.DataFrame], codec) -> tuple[np.ndarray, np.ndarray]:
     """True targets and a model's outputs on the test split, as metrics take them.
 
@@ -632,14 +595,14 @@ def test_outputs(ctx: Context, predict: Callable[[Any], pd.DataFrame], codec) ->
     of the whole history; the forecasts of observed test-period values are scored.
     """
     from modelyard.bundle import prediction_outputs
+    from modelyard.kinds import kind_of
 
-    task = ctx.task
+    task, kind = ctx.task, kind_of(ctx.task)
     test = ctx.read_split("test")
-    if task.kind == "series":
-        frames = {part: ctx.read_split(part) for part in SPLITS}
-        return forecast_pairs(task, test, predict(series_history(frames, task.schema_.time)))
-    predictions = predict(model_input(task, test))
-    targets = sample_targets(task, test)
+    if kind.forecasts:
+        return forecast_pairs(task, test, predict(kind.history(task, ctx.read_split)))
+    predictions = predict(kind.model_input(task, test))
+    targets = kind.targets(task, test)
     truth = targets.to_numpy(float) if task.problem == "regression" else codec.encode(targets)
     return truth, prediction_outputs(predictions, task.problem, getattr(codec, "classes_", []))
 
@@ -681,13 +644,14 @@ def evaluate(ctx: Context) -> None:
     from modelyard import registry, tracking
     from modelyard.bundle import ModelBundle
     from modelyard.evaluation import compute_metrics, curve_tables, forecast_table, plot_files, plot_tables
+    from modelyard.kinds import kind_of
 
-    task = ctx.task
+    task, kind = ctx.task, kind_of(ctx.task)
     bundle = ModelBundle.load(ctx.need(ctx.paths.model_dir, "train"))
     classes = getattr(bundle.codec, "classes_", [])
-    if task.kind == "series":  # forecasts from the whole history, the model's and the seasonal-naive ones
+    if kind.forecasts:  # forecasts from the whole history, the model's and the seasonal-naive ones
         frames = {part: ctx.read_split(part) for part in SPLITS}
-        history = series_history(frames, task.schema_.time)
+        history = kind.history(task, frames.__getitem__)
         forecasts, baseline = bundle.predict(history), bundle.preprocessor.forecast(history, None)
         truth, outputs = forecast_pairs(task, frames["test"], forecasts)
         metrics = compute_metrics(task.problem, truth, outputs)

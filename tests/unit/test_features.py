@@ -13,7 +13,8 @@ from sklearn.exceptions import NotFittedError
 
 from modelyard.config import EncoderName, FeatureSettings, parse_settings
 from modelyard.errors import ModelyardError
-from modelyard.features import TabularPreprocessor, TargetCodec, build_preprocessor
+from modelyard.features import TabularPreprocessor, TargetCodec
+from modelyard.kinds import kind_of
 
 CATEGORICAL = ["color", "size"]
 NUMERIC = ["x", "z"]
@@ -218,7 +219,7 @@ def test_target_encoder_without_labels_is_a_clear_error() -> None:
         TabularPreprocessor(FeatureSettings(default_encoder="target"), CATEGORICAL, NUMERIC).fit(frame, None)
 
 
-def test_build_preprocessor_uses_schema_columns_except_target() -> None:
+def test_the_tabular_preprocessor_uses_schema_columns_except_target() -> None:
     raw = {
         "tasks": {
             "tiny": {
@@ -237,7 +238,8 @@ def test_build_preprocessor_uses_schema_columns_except_target() -> None:
             }
         }
     }
-    pre = build_preprocessor(parse_settings(raw).task("tiny"), seed=3)
+    task = parse_settings(raw).task("tiny")
+    pre = kind_of(task).preprocessor(task, seed=3)
     assert (pre.categorical, pre.numeric, pre.seed) == (["color"], ["x", "n"], 3)
     assert pre.settings.scaler == "minmax"
     frame = pd.DataFrame(

@@ -22,15 +22,10 @@ def split_task(frame: pd.DataFrame, task: TaskSettings, seed: int) -> Parts:
     series is split in time, sequences as whole groups, other rows at random. The marker
     columns are left out of the parts: they are no feature and no input at predict time.
     """
+    from modelyard.kinds import kind_of  # the kinds split with the functions below
+
     marker = split_marker(task)
-    if marker is not None:
-        parts = _marked_split(frame, marker, task, seed)
-    elif task.kind == "series":
-        parts = split_series(frame, task.schema_.time, task.split)
-    elif task.kind == "sequence":
-        parts = split_groups(frame, task.features.sequence.id, task.target, task.split, seed=seed)
-    else:
-        parts = split_frame(frame, task.target, task.split, classification=task.problem != "regression", seed=seed)
+    parts = _marked_split(frame, marker, task, seed) if marker is not None else kind_of(task).split(frame, task, seed)
     for name, part in zip(SPLIT_VALUES, parts, strict=True):
         if part.empty:
             where = f"no row of column {marker!r} is marked {name!r}" if marker else f"from {len(frame)} rows"

@@ -8,7 +8,6 @@ windows). `TargetCodec` turns labels or values into training targets and back.
 
 from __future__ import annotations
 
-from modelyard.config import TaskSettings
 from modelyard.features.images import ImagePreprocessor
 from modelyard.features.preprocessing import TabularPreprocessor, tabular_preprocessor
 from modelyard.features.sequences import SequencePreprocessor, sequence_labels
@@ -26,33 +25,6 @@ __all__ = [
     "TabularPreprocessor",
     "TargetCodec",
     "TextPreprocessor",
-    "build_preprocessor",
     "sequence_labels",
+    "tabular_preprocessor",
 ]
-
-
-def build_preprocessor(task: TaskSettings, seed: int = 0) -> Preprocessor:
-    """The unfitted preprocessor for a task's kind."""
-    if task.kind == "images":
-        return ImagePreprocessor()
-    if task.kind == "text":
-        text = task.features.text
-        return TextPreprocessor(text.column, text.max_vocab, text.max_length, text.min_freq, text.lowercase)
-    if task.kind == "series":
-        series, schema = task.features.series, task.schema_
-        return SeriesPreprocessor(
-            schema.time,
-            schema.names("numeric"),
-            task.forecast_targets,
-            series.window,
-            series.horizon,
-            series.season,
-            schema.frequency,
-        )
-    if task.kind == "sequence":
-        sequence = task.features.sequence
-        columns = [c for c in task.schema_.names("numeric") if c not in (sequence.id, sequence.step)]
-        return SequencePreprocessor(
-            sequence.id, sequence.step, columns, sequence.max_length, normalize=sequence.normalize
-        )
-    return tabular_preprocessor(task, seed)
