@@ -134,15 +134,14 @@ def fail_stale_trials(
 ) -> list[FrozenTrial]:
     """Mark RUNNING trials whose worker is gone as failed, in Optuna and in MLflow.
 
-    On an RDB storage with a heartbeat, Optuna's own check runs first (its callback, set by
-    `open_storage`, ends their MLflow runs); then trials of dead processes on this host.
-    `storage` is the study's (`open_storage`): Optuna's public storage API records the reason.
+    Trials of dead processes on this host first, with the reason as `fail_reason`; then, on
+    an RDB storage with a heartbeat, Optuna's own check for the rest (workers on other
+    hosts; its callback, set by `open_storage`, ends their MLflow runs). In that order a
+    worker killed here keeps its precise reason even when the rerun comes after the
+    heartbeat's grace period. `storage` is the study's (`open_storage`): Optuna's public
+    storage API records the reason.
     """
     heartbeat = getattr(storage, "get_heartbeat_interval", lambda: None)() is not None
-    if heartbeat:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
     stale = [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if worker_gone(t, heartbeat=heartbeat)
     ]
@@ -157,6 +156,10 @@ def fail_stale_trials(
             continue  # another process failed it first
         if client is not None and experiment is not None:
             close_trial_run(client, experiment, study.study_name, trial, reason)
+    if heartbeat:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
     return stale
 
 
