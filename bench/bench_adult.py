@@ -99,10 +99,10 @@ def tracking_timer() -> Iterator[dict[str, float]]:
     (a call made from inside another counts once, in the outer one)."""
     from modelyard import tracking
 
-    spent = {"seconds": 0.0, "calls": 0, "depth": 0}
+    spent: dict[str, Any] = {"seconds": 0.0, "calls": 0, "depth": 0, "by_call": {}}
     originals = []
 
-    def timed(real: Callable[..., Any]) -> Callable[..., Any]:
+    def timed(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             spent["depth"] += 1
             start = time.perf_counter()
@@ -111,8 +111,10 @@ def tracking_timer() -> Iterator[dict[str, float]]:
             finally:
                 spent["depth"] -= 1
                 if spent["depth"] == 0:
-                    spent["seconds"] += time.perf_counter() - start
+                    seconds = time.perf_counter() - start
+                    spent["seconds"] += seconds
                     spent["calls"] += 1
+                    spent["by_call"][name] = spent["by_call"].get(name, 0.0) + seconds
 
         return call
 
@@ -121,7 +123,7 @@ def tracking_timer() -> Iterator[dict[str, float]]:
         for name in names:
             owner = owners[owner_name]
             originals.append((owner, name, getattr(owner, name)))
-            setattr(owner, name, timed(getattr(owner, name)))
+            setattr(owner, name, timed(name, getattr(owner, name)))
     try:
         yield spent
     finally:
@@ -172,6 +174,7 @@ def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, wo
         "best_hparams": best["hparams"],
         "tracking_s": tracked["seconds"],
         "tracking_calls": tracked["calls"],
+        "tracking_by_call": dict(sorted(tracked["by_call"].items(), key=lambda item: -item[1])),
         "torch_threads": torch.get_num_threads(),
         "workers": workers,
     }
@@ -189,7 +192,8 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         share = ours["tracking_s"] / ours["tune_wall_s"]
         print(
             f"modelyard tracking (MLflow calls and run bookkeeping during tune): {ours['tracking_s']:.2f} s "
-            f"in {ours['tracking_calls']} calls, {share:.1%} of the tune wall time"
+            f"in {ours['tracking_calls']} calls, {share:.1%} of the tune wall time; by call: "
+            + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in ours["tracking_by_call"].items())
         )
     if "peer" in results:
         peer = results["peer"]
