@@ -61,7 +61,9 @@ class ModelBundle:
         positive class; multiclass: of the predicted label, plus `prob_<class>` columns),
         `prediction` (regression), or for a series `origin`, `time`, `step` and one column
         per target (a forecast from each point of the history given)."""
-        if isinstance(data, np.ndarray) and self.preprocessor.takes_arrays:
+        from modelyard.kinds import KINDS  # loaded where a model predicts, not where one is sized
+
+        if isinstance(data, np.ndarray) and KINDS[self.kind].takes_arrays:
             rows: pd.DataFrame | np.ndarray = data
         else:
             frame = pd.DataFrame(data) if not isinstance(data, pd.DataFrame) else data

@@ -27,7 +27,7 @@ class Kind:
     name = "tabular"
     forecasts = False  # samples are windows over one history, not rows (a series)
     cross_fits = True  # a small validation split cross-fits (a series' folds would look ahead)
-    takes_arrays = False  # `predict` reads array files (.npy / .npz) as well as tables
+    takes_arrays = False  # raw input may be an array of images (a .npy / .npz file to `predict`)
     keeps_rows = True  # predictions line up with the input rows and are written beside them
 
     def preprocessor(self, task: TaskSettings, seed: int) -> Preprocessor:

@@ -2,8 +2,8 @@
 
 On a validation split of fewer than MIN_METRIC_SAMPLES samples that can tell models apart
 (`config.metric_samples`: for a classifier, those outside its most common class), the
-study's best value is mostly luck: a dozen trials that all fit the few validation samples well differ by
-less than the noise of those samples, and the one ranked first is the one the noise
+study's best value is mostly luck: a dozen trials that all fit the few validation samples
+well differ by less than the noise of those samples, and the one ranked first is the one the noise
 favoured (the winner's curse). There the final model follows the *one-standard-error
 rule* (Breiman et al., "Classification and Regression Trees", 1984; Hastie, Tibshirani
 and Friedman, "The Elements of Statistical Learning", section 7.10): of the completed

@@ -196,21 +196,18 @@ def start_at_prior(model: nn.Module, y_train: np.ndarray, problem: Problem) -> N
     regression's target is already centred (`target_offset`).
 
     Every network ends in an nn.Linear: the last one registered is the output layer."""
-    if problem == "regression":
-        return
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    n_classes = 1 if problem == "binary" else int(layers[-1].out_features if layers else 0)
-    if not layers or layers[-1].bias is None or layers[-1].out_features != n_classes or len(y_train) == 0:
+    if problem == "regression" or not layers or layers[-1].bias is None or len(y_train) == 0:
         return
-    labels = np.asarray(y_train)
+    head, labels = layers[-1], np.asarray(y_train)
     if problem == "binary":
         share = (float(labels.sum()) + 1.0) / (len(labels) + 2.0)
         prior = np.array([math.log(share / (1.0 - share))])
     else:
-        counts = np.bincount(labels.astype(int), minlength=n_classes)[:n_classes] + 1.0
+        counts = np.bincount(labels.astype(int), minlength=head.out_features)[: head.out_features] + 1.0
         prior = np.log(counts / counts.sum())
     with torch.no_grad():
-        layers[-1].bias.copy_(torch.as_tensor(prior, dtype=layers[-1].bias.dtype))
+        head.bias.copy_(torch.as_tensor(prior, dtype=head.bias.dtype))
 
 
 def make_optimizer(model: nn.Module, hparams: Hyperparams) -> torch.optim.Optimizer:

@@ -17,8 +17,6 @@ class ImagePreprocessor(OnePredictionPerRow):
     pixels already in 0..1) from the training images; `transform` takes an `image_frame` or
     an array of images in any layout `as_image_layout` reads."""
 
-    takes_arrays = True
-
     def input_columns(self, schema: SchemaSettings) -> list[str]:
         return list(IMAGE_COLUMNS)
 

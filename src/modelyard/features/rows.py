@@ -17,8 +17,6 @@ Decode = Callable[[np.ndarray], pd.DataFrame]  # network outputs -> labels, prob
 class OnePredictionPerRow:
     """A preprocessor whose every input row (or image) gets one prediction: tables, texts, images."""
 
-    takes_arrays = False  # whether raw input may be an array rather than a frame (images)
-
     def predictions(self, rows: Any, predict: Predict, decode: Decode) -> pd.DataFrame:
         """The decoded network outputs, a row per input row, in input order."""
         return decode(predict(self.transform(rows)))  # type: ignore[attr-defined]

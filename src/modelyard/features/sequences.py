@@ -69,8 +69,6 @@ class SequencePreprocessor:
             )
         return ordered
 
-    takes_arrays = False
-
     def input_columns(self, schema: SchemaSettings) -> list[str]:
         return [self.id_column, self.step_column, *self.columns]
 

@@ -109,8 +109,6 @@ class SeriesPreprocessor:
         y = (change / self.scale_[index]).reshape(len(origins), -1).astype(np.float32)
         return self._inputs(values, origins), y
 
-    takes_arrays = False
-
     def input_columns(self, schema: SchemaSettings) -> list[str]:
         return [self.time, *self.columns]
 
