@@ -100,8 +100,9 @@ DEFAULT_ARCHS = {"sequence": ("fcn", "resnet")}
 # MLP runs first, when its space holds it: the classic baseline a data scientist tries
 # first. As a first trial it is never pruned (the median pruner judges no start-up trial),
 # so every study holds it, and on small data the one-standard-error rule picks it when no
-# deeper network is clearly better. A convex model converges fastest at the top of the
-# learning-rate range; weight decay and batch size are drawn as for any trial.
+# deeper network is clearly better. It is solved exactly (`training.solve_convex`) with the
+# L2 strength of scikit-learn's defaults (LogisticRegression C=1, near Ridge alpha=1): a
+# weight decay of 1 / training rows. Later trials that draw depth 0 search that strength.
 BASELINE_TRIAL: dict[str, object] = {"n_layers": 0, "numeric_embedding": "none", "dropout": 0.0}
 
 
@@ -110,14 +111,18 @@ def contains(dist: Distribution, value: object) -> bool:
     return value in dist.choices if dist.choices is not None else dist.low <= value <= dist.high  # type: ignore[operator]
 
 
-def baseline_params(space: dict[str, Distribution]) -> dict[str, object]:
-    """The searched hyperparameters of BASELINE_TRIAL, or nothing when the space cannot draw
-    a linear model (the depth is fixed or excludes 0)."""
+def baseline_params(space: dict[str, Distribution], n_train: int) -> dict[str, object]:
+    """The searched hyperparameters of BASELINE_TRIAL, its weight decay 1 / `n_train` (within
+    the searched range), or nothing when the space cannot draw a linear model (the depth is
+    fixed or excludes 0)."""
     if "n_layers" not in space or not contains(space["n_layers"], 0):
         return {}
     params = {name: value for name, value in BASELINE_TRIAL.items() if name in space and contains(space[name], value)}
-    if "lr" in space and space["lr"].choices is None:
+    if "lr" in space and space["lr"].choices is None:  # for a loss or L1 penalty L-BFGS does not take
         params["lr"] = space["lr"].high
+    decay = space.get("weight_decay")
+    if decay is not None and decay.choices is None:
+        params["weight_decay"] = min(max(1.0 / max(1, n_train), decay.low), decay.high)
     return params
 
 

@@ -272,7 +272,7 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
 def _selected_trial(ctx: Context, task: TaskSettings, arrays, size, result, checkpoints: Path):
     """(the trial train builds on, how it was chosen): the study's best, or on a small
     validation split the smallest network within one standard error of it (`selection.py`)."""
-    from modelyard.search_space import base_hparams
+    from modelyard.search_space import base_hparams, baseline_params
     from modelyard.selection import Candidate, applies, n_parameters, simplest_within, standard_error, within
     from modelyard.training import FitOptions, load_checkpoint, score
     from modelyard.tuning.trials import checkpoint_path
@@ -301,7 +301,11 @@ def _selected_trial(ctx: Context, task: TaskSettings, arrays, size, result, chec
         return score(network, samples, best.hparams, options)[task.monitor]
 
     error = standard_error(metric_of, val, ctx.settings.seed)
-    candidates = [Candidate(number, value, hparams_of(params)) for number, value, params in result.complete]
+    baseline = baseline_params(task.tune.search_space, len(arrays["x_train"])).items()
+    candidates = [
+        Candidate(number, value, hparams_of(params), bool(baseline) and all(params.get(k) == v for k, v in baseline))
+        for number, value, params in result.complete
+    ]
     chosen = simplest_within(
         candidates, best, error, result.minimize, lambda h: n_parameters(_network(arrays, size, task, h))
     )
@@ -350,14 +354,15 @@ def train(ctx: Context) -> None:
     alone. The validation figures are then out-of-fold: each held-out sample scored by the
     member that did not train on it.
 
-    The choice is logged (`modelyard.train_source`: retrained, ensemble, best_trial,
-    cross_fit or cross_fit_best_trial) and written to train.json.
+    A linear model solved exactly is then refitted once on train + validation
+    (`_refit_on_all_rows`). The choice is logged (`modelyard.train_source`: retrained,
+    ensemble, best_trial, cross_fit, cross_fit_best_trial or refit) and written to train.json.
     """
     import torch
 
     from modelyard import registry, tracking
     from modelyard.kinds import kind_of
-    from modelyard.training import FitOptions, cross_fit_splits
+    from modelyard.training import FitOptions, cross_fit_splits, solves_exactly
 
     task = ctx.task
     arrays = _load_arrays(ctx)
@@ -394,6 +399,8 @@ def train(ctx: Context) -> None:
         trained = _fit_members(ctx, arrays, size, hparams, options, splits, run, progress)
         progress.close()
         final = _final_model(ctx, arrays, size, hparams, options, splits, trained, cross_fit)
+        if solves_exactly(trained[0][0], hparams):
+            final = _refit_on_all_rows(ctx, arrays, size, hparams, options, final)
         epochs_run = [len(result.history) for _, result in trained]
         final.network.cpu()
         threshold = _decision_threshold(task, final.held_out)
@@ -495,7 +502,7 @@ class FinalModel:
     network: Any
     val_metrics: dict[str, float]  # out of fold when cross-fitted, else on the validation split
     split_metrics: dict[str, float]  # the (first) member's figures on the validation split
-    source: str  # retrained, ensemble, best_trial, cross_fit or cross_fit_best_trial
+    source: str  # retrained, ensemble, best_trial, cross_fit, cross_fit_best_trial or refit
     best_epoch: int
     held_out: list  # (network, samples it did not train on) pairs, for the decision threshold
 
@@ -537,6 +544,21 @@ def _final_model(
         f"({sum(len(split[1][0]) for split in splits)} samples scored out of fold)"
     )
     return FinalModel(Ensemble(members, task.problem), pooled, val_metrics, source, best_epoch, held_out)
+
+
+def _refit_on_all_rows(ctx: Context, arrays, size, hparams: Hyperparams, options, final: FinalModel) -> FinalModel:
+    """A linear model solved exactly (`training.solve_convex`) stops on no validation rows,
+    so its final model is one solve on train + validation at the chosen weight decay, as
+    scikit-learn's RidgeCV refits once the alpha is chosen; the members that held rows out
+    keep giving the validation figures and the decision threshold. On Carseats' 320 rows,
+    three cross-fitted members each trained on 256 were 0.4-0.9 % above ridge's rmse."""
+    from modelyard.training import fit
+
+    rows = tuple(np.concatenate([arrays[f"{part}_train"], arrays[f"{part}_val"]]) for part in ("x", "y"))
+    network = _network(arrays, size, ctx.task, hparams)
+    result = fit(network, rows, (arrays["x_val"], arrays["y_val"]), hparams, options)
+    say(f"train {ctx.task_name}: the linear model refitted on all {len(rows[0])} training and validation samples")
+    return replace(final, network=network, source="refit", best_epoch=result.best_epoch)
 
 
 def _decision_threshold(task: TaskSettings, held_out: list[tuple[Any, tuple[np.ndarray, np.ndarray]]]) -> float:

@@ -265,6 +265,8 @@ def fit(
     x_val = torch.as_tensor(val[0], dtype=torch.float32, device=device)
     y_val = as_target(val[1], options.problem, device)
     loss_fn = criterion(hparams, options)
+    if solves_exactly(model, hparams):
+        return solve_convex(model, (x_train, y_train), (x_val, y_val), loss_fn, hparams, options, on_epoch_end)
     optimizer = make_optimizer(model, hparams)
     autocast, scaler = _autocast(device)
     generator = torch.Generator(device=device).manual_seed(options.seed)
@@ -332,6 +334,74 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     return FitResult(best_epoch=best_epoch + 1, best_metrics=history[best_epoch], history=history)
+
+
+# Smooth convex losses: with them, a linear model's training is a convex problem.
+CONVEX_LOSSES = ("auto", "mse", "huber", "logistic", "cross_entropy", "kl")
+LBFGS_ROUND = 20  # L-BFGS iterations per round; a round is one "epoch" of the history
+LBFGS_ROUNDS = 50
+LBFGS_TOLERANCE = 1e-7  # converged when a round lowers the objective by less than this share
+
+
+def solves_exactly(model: nn.Module, hparams: Hyperparams) -> bool:
+    """Whether `fit` solves this model's training exactly (`solve_convex`): a linear model
+    with a smooth convex loss and no L1 penalty."""
+    return bool(getattr(model, "linear", False)) and hparams.loss in CONVEX_LOSSES and hparams.l1 == 0
+
+
+def solve_convex(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    loss_fn: nn.Module,
+    hparams: Hyperparams,
+    options: FitOptions,
+    on_epoch_end: EpochCallback | None = None,
+) -> FitResult:
+    """Fit a linear model to the optimum of its penalised training loss, as scikit-learn's
+    LogisticRegression and Ridge do: full-batch L-BFGS on the mean loss plus
+    weight_decay / 2 * ||W||^2 (the bias is not penalised).
+
+    Mini-batch AdamW with early stopping is a poor solver for a convex problem: its noise
+    and a stop on a few dozen noisy validation rows leave the model short of the optimum
+    (on Carseats, 1-2 % above ridge's error). Here the weight decay alone regularises, and
+    the study tunes it as it would a ridge's alpha; learning rate, batch size and schedule
+    play no part. Each round of LBFGS_ROUND iterations is one entry of the history (logged
+    and offered to the pruner as an epoch); the last round, the optimum, is kept.
+    """
+    x_train, y_train = train
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    optimizer = torch.optim.LBFGS(
+        model.parameters(), lr=1.0, max_iter=LBFGS_ROUND, history_size=20, line_search_fn="strong_wolfe"
+    )
+
+    def objective() -> tuple[torch.Tensor, torch.Tensor]:
+        loss = loss_fn(_output(model(x_train).float(), options.problem), y_train)
+        return loss, loss + 0.5 * hparams.weight_decay * sum((w**2).sum() for w in weights)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        penalised = objective()[1]
+        penalised.backward()
+        return penalised
+
+    history: list[dict[str, float]] = []
+    previous = math.inf
+    for round_ in range(LBFGS_ROUNDS):
+        optimizer.step(closure)
+        with torch.no_grad():
+            loss, penalised = (value.item() for value in objective())
+        if not math.isfinite(penalised):
+            raise TrainingDiverged(f"the linear model's loss became {penalised}; check the features for extreme values")
+        metrics = {"train_loss": loss, **validation_metrics(model, *val, loss_fn, options)}
+        history.append(metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(round_ + 1, metrics)
+        if previous - penalised <= LBFGS_TOLERANCE * max(1.0, abs(penalised)):
+            break
+        previous = penalised
+    model.eval()
+    return FitResult(best_epoch=len(history), best_metrics=history[-1], history=history)
 
 
 CROSS_FIT_FOLDS = 5  # folds of train + validation when the final model cross-fits (at least)

@@ -367,3 +367,26 @@ def test_empty_source_file(project: Path, capsys: pytest.CaptureFixture) -> None
     (project / "data" / "sources" / "toy.csv").write_text("")
     assert main(["ingest", "--params", str(project / "params.yaml")]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_a_linear_model_is_refitted_on_all_labelled_rows_as_logistic_regression(project: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from modelyard.bundle import ModelBundle
+    from modelyard.training import predict
+
+    params = toy_params(train={"ensemble": 2})
+    params["tasks"]["toy"]["model"] = {"n_layers": 0, "weight_decay": 0.01}
+    params["tasks"]["toy"]["tune"] = {"n_trials": 1, "default_space": False}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    ctx = run(project, *UPSTREAM, "tune", "train")
+    summary = json.loads(ctx.paths.train_summary.read_text())
+    assert summary["source"] == "refit" and summary["ensemble"] == 1
+    assert summary["validation"] == "out_of_fold"  # the figures still come from held-out rows
+    with np.load(ctx.paths.features) as arrays:
+        x = np.concatenate([arrays["x_train"], arrays["x_val"]])
+        y = np.concatenate([arrays["y_train"], arrays["y_val"]])
+    # mean log-loss + 0.01 / 2 * ||w||^2 is scikit-learn's objective with C = 1 / (n * 0.01)
+    reference = LogisticRegression(C=1 / (len(x) * 0.01), tol=1e-8, max_iter=10_000).fit(x, y)
+    network = ModelBundle.load(ctx.paths.model_dir).network
+    np.testing.assert_allclose(predict(network, x, "binary"), reference.predict_proba(x)[:, 1], atol=2e-3)

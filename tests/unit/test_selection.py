@@ -33,6 +33,15 @@ def test_a_maximised_metric_counts_lower_values_as_worse() -> None:
     assert simplest_within([best, candidate(1, 0.80, 64)], best, 0.03, False, size).number == 0
 
 
+def test_among_equally_small_networks_the_baseline_beats_a_tuned_one_within_the_noise() -> None:
+    best = candidate(0, 0.030, 512)
+    tuned = candidate(1, 0.032, 16)
+    baseline = Candidate(2, 0.036, Hyperparams(units=16), baseline=True)
+    assert simplest_within([best, tuned, baseline], best, 0.01, True, size).number == 2
+    # outside the standard error the baseline is not taken, however small
+    assert simplest_within([best, tuned, baseline], best, 0.004, True, size).number == 1
+
+
 def test_the_standard_error_shrinks_with_more_validation_samples() -> None:
     rng = np.random.default_rng(0)
 

@@ -348,3 +348,41 @@ def test_pooled_metrics_equal_the_metrics_of_the_union() -> None:
 
     pooled = pooled_metrics([(metrics(e), len(e)) for e in errors])
     assert pooled == pytest.approx(metrics(np.concatenate(errors)))
+
+
+LINEAR = Hyperparams(n_layers=0, dropout=0.0, batch_size=8, lr=1e-4)  # lr and batch play no part
+
+
+def test_a_linear_regression_reaches_ridges_closed_form_optimum() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, N_FEATURES)).astype(np.float32)
+    y = (x @ rng.normal(size=N_FEATURES) + 0.5 + rng.normal(scale=0.5, size=80)).astype(np.float32)
+    decay = 0.05
+    model, result = train("regression", LINEAR.model_copy(update={"weight_decay": decay}), (x, y), max_epochs=3)
+    # mean squared error + decay / 2 * ||w||^2 is ridge with alpha = n * decay / 2 (intercept free)
+    centred_x, centred_y = x - x.mean(axis=0), y - y.mean()
+    alpha = len(x) * decay / 2
+    ridge = np.linalg.solve(centred_x.T @ centred_x + alpha * np.eye(N_FEATURES), centred_x.T @ centred_y)
+    learned = next(m for m in model.modules() if isinstance(m, torch.nn.Linear)).weight.detach().numpy().ravel()
+    np.testing.assert_allclose(learned, ridge, atol=1e-3)
+    # the epoch budget of a mini-batch run does not cut the solver short; the optimum is kept
+    assert result.best_epoch == len(result.history) > 0
+
+
+def test_a_linear_classifier_matches_scikit_learns_logistic_regression() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = make_learnable(120, seed=4)
+    flipped = np.random.default_rng(4).random(len(y)) < 0.15  # noise, so the optimum is finite
+    y = np.where(flipped, 1 - y, y)
+    decay = 0.02
+    model, _ = train("binary", LINEAR.model_copy(update={"weight_decay": decay}), (x, y))
+    reference = LogisticRegression(C=1 / (len(x) * decay), tol=1e-8, max_iter=10_000).fit(x, y)
+    ours = predict(model, x, "binary")
+    np.testing.assert_allclose(ours, reference.predict_proba(x)[:, 1], atol=2e-3)
+
+
+def test_a_linear_model_with_an_l1_penalty_trains_by_mini_batches() -> None:
+    hparams = LINEAR.model_copy(update={"l1": 1e-3, "lr": 1e-2})
+    _, result = train("binary", hparams, make_learnable(), max_epochs=4)
+    assert len(result.history) == 4  # the epoch budget, not L-BFGS rounds

@@ -125,6 +125,12 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, n_outputs))
         self.net = nn.Sequential(*layers)
 
+    @property
+    def linear(self) -> bool:
+        """Whether this is a linear model of its inputs (no hidden layer, no embedding): fitting
+        it with a convex loss is a convex problem, which `training.fit` solves exactly."""
+        return self.embed is None and len(self.net) == 1
+
     def prepare(self, x: torch.Tensor) -> None:
         """Learn what the network takes from the training inputs before the first step: the
         piecewise-linear bins of the numeric columns."""
