@@ -49,3 +49,31 @@ def test_more_metrics_than_one_mlflow_batch_holds_are_all_written(client) -> Non
     run = tracking.start_run(client, client.create_experiment("toy"), "train", {})
     run.log_metrics({f"m{i}": float(i) for i in range(tracking.BATCH_LIMITS["metrics"] + 200)})
     assert len(client.get_run(run.run_id).data.metrics) == tracking.BATCH_LIMITS["metrics"] + 200
+
+
+def test_a_splits_schema_from_a_sample_is_the_schema_of_all_its_rows(tmp_path: Path) -> None:
+    import json
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+    from mlflow.types.utils import _infer_schema
+
+    rng = np.random.default_rng(0)
+    n_rows = tracking.SCHEMA_ROWS * 3
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=n_rows),
+            "age": rng.integers(0, 90, n_rows),
+            "color": pd.Series(rng.choice(["red", "blue"], n_rows), dtype="str"),
+            "label": rng.choice(["yes", "no"], n_rows),
+        }
+    )
+    frame.loc[n_rows - 5, "color"] = None  # missing only far beyond the sample: still optional
+    frame.loc[tracking.SCHEMA_ROWS + 7, "x"] = np.nan
+    (logged,) = tracking.dataset_inputs("toy", "label", {"train": (frame, tmp_path / "train.parquet")}, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        everything = _infer_schema(frame).to_dict()
+    assert json.loads(logged.dataset.schema)["mlflow_colspec"] == everything
+    assert json.loads(logged.dataset.profile)["num_rows"] == n_rows  # the profile counts every row
