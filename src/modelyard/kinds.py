@@ -1,6 +1,6 @@
 """One object per data kind: what tabular rows, images, series, sequences and texts each
-decide in the pipeline. Stages, the splitter and `predict` ask the task's kind
-(`kind_of(task)`) instead of branching on its name; the fitted preprocessors
+decide in the pipeline. Stages and `predict` ask the task's kind (`kind_of(task)`)
+instead of branching on its name, and hand it to the splitter; the fitted preprocessors
 (`modelyard.features`) own what a trained model does with each kind's raw input. Features
 are imported where they are used, so the split stage does not depend on them."""
 
@@ -35,6 +35,10 @@ class Kind:
         from modelyard.features import tabular_preprocessor
 
         return tabular_preprocessor(task, seed)
+
+    def group(self, task: TaskSettings) -> str | None:
+        """The column whose rows make one sample and go to one split together (none: each row)."""
+        return None
 
     def split(self, frame: pd.DataFrame, task: TaskSettings, seed: int) -> Parts:
         """Train, validation and test rows when no column marks them: at random (stratified for a classifier)."""
@@ -98,11 +102,14 @@ class Sequences(Kind):
             sequence.id, sequence.step, columns, sequence.max_length, normalize=sequence.normalize
         )
 
+    def group(self, task: TaskSettings) -> str | None:
+        return task.features.sequence.id
+
     def split(self, frame: pd.DataFrame, task: TaskSettings, seed: int) -> Parts:
         """Whole sequences to each split."""
         from modelyard.data.splitting import split_groups
 
-        return split_groups(frame, task.features.sequence.id, task.target, task.split, seed=seed)
+        return split_groups(frame, self.group(task), task.target, task.split, seed=seed)
 
     def targets(self, task: TaskSettings, frame: pd.DataFrame) -> pd.Series:
         """Each sequence's label, in sorted id order."""

@@ -113,11 +113,12 @@ def validate(ctx: Context) -> None:
 def split(ctx: Context) -> None:
     """Train / validation / test split of validated data: seeded, or as a published split marks it."""
     from modelyard.data.splitting import split_task
+    from modelyard.kinds import kind_of
 
     if not read_json(ctx.need(ctx.paths.validation_summary, "validate")).get("success"):
         raise ModelyardError(f"the data of task {ctx.task_name} failed validation", "see data/<task>/validation.json")
     frame = pd.read_parquet(ctx.need(ctx.paths.raw, "ingest"))
-    parts = split_task(frame, ctx.task, ctx.settings.seed)
+    parts = split_task(frame, ctx.task, kind_of(ctx.task), ctx.settings.seed)
     with atomic_path(ctx.paths.split_dir) as temporary:
         temporary.mkdir()
         for name, part in zip(SPLITS, parts, strict=True):

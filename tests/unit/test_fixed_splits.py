@@ -13,6 +13,7 @@ from modelyard.config import TaskSettings, parse_settings
 from modelyard.data.sources import SPLIT_MARKER, read_task_frame
 from modelyard.data.splitting import split_task
 from modelyard.errors import ModelyardError
+from modelyard.kinds import kind_of
 from tests.conftest import TOY_TASK, toy_frame, toy_params
 
 SEED = 0
@@ -35,13 +36,18 @@ def marked_frame(with_val: bool) -> pd.DataFrame:
     return frame
 
 
+def split_of(frame: pd.DataFrame, task: TaskSettings):
+    """The task's train, validation and test parts, split as the split stage does."""
+    return split_task(frame, task, kind_of(task), SEED)
+
+
 def rows(frame: pd.DataFrame) -> list:
     return sorted(frame["row"].tolist())
 
 
 def test_split_column_places_rows_as_marked() -> None:
     frame = marked_frame(with_val=True)
-    train, val, test = split_task(frame, split_column_task(), SEED)
+    train, val, test = split_of(frame, split_column_task())
     assert rows(test) == list(range(60))
     assert rows(val) == list(range(60, 100))
     assert rows(train) == list(range(100, 300))
@@ -50,20 +56,20 @@ def test_split_column_places_rows_as_marked() -> None:
 
 def test_split_column_without_val_rows_draws_val_from_train_rows() -> None:
     frame = marked_frame(with_val=False)
-    train, val, test = split_task(frame, split_column_task(), SEED)
+    train, val, test = split_of(frame, split_column_task())
     assert rows(test) == list(range(60))
     assert len(val) == 60  # val_size 0.25 of the 240 train rows
     assert sorted(rows(train) + rows(val)) == list(range(60, 300))
     # Stratified: validation keeps the training rows' share of "yes".
     marked_train = frame[frame["part"] == "train"]
     assert (val["label"] == "yes").mean() == pytest.approx((marked_train["label"] == "yes").mean(), abs=0.02)
-    assert rows(split_task(frame, split_column_task(), SEED)[1]) == rows(val)  # seeded
+    assert rows(split_of(frame, split_column_task())[1]) == rows(val)  # seeded
 
 
 def test_split_column_with_no_test_rows_is_an_error() -> None:
     frame = marked_frame(with_val=True).assign(part=lambda f: f["part"].replace("test", "train"))
     with pytest.raises(ModelyardError, match=r"the test split is empty.*'part'"):
-        split_task(frame, split_column_task(), SEED)
+        split_of(frame, split_column_task())
 
 
 def test_split_column_is_no_feature_and_no_predict_input() -> None:
@@ -73,7 +79,7 @@ def test_split_column_is_no_feature_and_no_predict_input() -> None:
     from modelyard.models import build_model
 
     task = split_column_task()
-    train = split_task(marked_frame(with_val=True).drop(columns="row"), task, SEED)[0]
+    train = split_of(marked_frame(with_val=True).drop(columns="row"), task)[0]
     preprocessor = tabular_preprocessor(task, seed=SEED)
     assert "part" not in preprocessor.categorical
     codec = TargetCodec(task.problem, classes=["no", "yes"], positive_label="yes").fit(train["label"])
@@ -109,7 +115,7 @@ def test_test_file_rows_are_the_test_split(tmp_path: Path) -> None:
     raw = read_task_frame(task, tmp_path)
     assert len(raw) == 300
     assert raw[SPLIT_MARKER].value_counts().to_dict() == {"train": 220, "test": 80}
-    train, val, test = split_task(raw, task, SEED)
+    train, val, test = split_of(raw, task)
     assert rows(test) == list(range(80))
     assert len(val) == 44  # val_size 0.2 of the 220 rows of the data file
     assert sorted(rows(train) + rows(val)) == list(range(80, 300))
@@ -172,7 +178,7 @@ def sequence_task(**source: str) -> TaskSettings:
 def test_test_file_of_sequences_is_the_test_split_with_whole_sequences(tmp_path: Path) -> None:
     write_files(tmp_path, sequence_rows(range(40), seed=1), sequence_rows(range(40, 50), seed=2))
     task = sequence_task(path="data/train.csv", test="data/test.csv")
-    train, val, test = split_task(read_task_frame(task, tmp_path), task, SEED)
+    train, val, test = split_of(read_task_frame(task, tmp_path), task)
     assert sorted(test["sid"].unique()) == list(range(40, 50))
     pd.testing.assert_frame_equal(test, read_task_frame(sequence_task(path="data/test.csv"), tmp_path))
     assert val["sid"].nunique() == 10  # val_size 0.25 of the 40 training sequences
@@ -186,7 +192,7 @@ def test_sequence_ids_shared_by_both_files_are_an_error(tmp_path: Path) -> None:
     write_files(tmp_path, sequence_rows(range(40), seed=1), sequence_rows(range(35, 45), seed=2))
     task = sequence_task(path="data/train.csv", test="data/test.csv")
     with pytest.raises(ModelyardError, match=r"sequence\(s\) 35, 36, .* more than one split") as caught:
-        split_task(read_task_frame(task, tmp_path), task, SEED)
+        split_of(read_task_frame(task, tmp_path), task)
     assert "ids of their own" in caught.value.hint
 
 
@@ -234,5 +240,5 @@ def test_a_train_split_of_one_class_is_rejected_with_exit_3() -> None:
     frame = marked_frame(with_val=True)
     frame.loc[frame["part"] == "train", "label"] = "no"  # every "yes" sits in val and test
     with pytest.raises(DataRejected, match="the train split holds one class of 'label'") as raised:
-        split_task(frame, split_column_task(), SEED)
+        split_of(frame, split_column_task())
     assert raised.value.exit_code == 3

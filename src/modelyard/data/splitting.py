@@ -3,6 +3,8 @@ a marker column fixes (a published split: `split.column`, or a test file's rows)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -10,22 +12,28 @@ from modelyard.config import SplitSettings, TaskSettings
 from modelyard.data.sources import SPLIT_MARKER, SPLIT_VALUES, split_marker
 from modelyard.errors import DataRejected, ModelyardError
 
+if TYPE_CHECKING:
+    from modelyard.kinds import Kind
+
 Parts = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
 
 
-def split_task(frame: pd.DataFrame, task: TaskSettings, seed: int) -> Parts:
+def split_task(frame: pd.DataFrame, task: TaskSettings, kind: Kind, seed: int) -> Parts:
     """A task's train, validation and test rows.
 
     With a marker column (`split.column`, or `SPLIT_MARKER` for a test file) rows go where
     they are marked; without `val` rows, validation is `val_size` of the `train` rows
     (stratified for classification, whole sequences for a sequence task). Otherwise a
-    series is split in time, sequences as whole groups, other rows at random. The marker
-    columns are left out of the parts: they are no feature and no input at predict time.
+    series is split in time, sequences as whole groups, other rows at random (the task's
+    `kind` splits with the functions below). The marker columns are left out of the parts:
+    they are no feature and no input at predict time.
     """
-    from modelyard.kinds import kind_of  # the kinds split with the functions below
-
     marker = split_marker(task)
-    parts = _marked_split(frame, marker, task, seed) if marker is not None else kind_of(task).split(frame, task, seed)
+    parts = (
+        _marked_split(frame, marker, task, kind.group(task), seed)
+        if marker is not None
+        else kind.split(frame, task, seed)
+    )
     for name, part in zip(SPLIT_VALUES, parts, strict=True):
         if part.empty:
             where = f"no row of column {marker!r} is marked {name!r}" if marker else f"from {len(frame)} rows"
@@ -41,8 +49,9 @@ def split_task(frame: pd.DataFrame, task: TaskSettings, seed: int) -> Parts:
     return tuple(part.drop(columns=dropped).reset_index(drop=True) for part in parts)
 
 
-def _marked_split(frame: pd.DataFrame, marker: str, task: TaskSettings, seed: int) -> Parts:
-    """The rows as `marker` places them; validation drawn from the train rows if none is marked `val`."""
+def _marked_split(frame: pd.DataFrame, marker: str, task: TaskSettings, group: str | None, seed: int) -> Parts:
+    """The rows as `marker` places them; validation drawn from the train rows (whole `group`s,
+    if given) if none is marked `val`."""
     if marker not in frame.columns:
         raise ModelyardError(
             f"the raw data has no split column {marker!r}",
@@ -55,7 +64,6 @@ def _marked_split(frame: pd.DataFrame, marker: str, task: TaskSettings, seed: in
         raise ModelyardError(
             f"split column {marker!r} holds {found}", "mark every row train, val or test (validate checks this)"
         )
-    group = task.features.sequence.id if task.kind == "sequence" else None
     if group is not None:
         kinds = frame.groupby(group)[marker].nunique()
         mixed = kinds[kinds > 1].index[:5].tolist()
