@@ -17,7 +17,10 @@ The recipe, chosen to converge on 30 rows and on 30,000 alike:
 - a classifier's output layer starts at the training classes' shares (`start_at_prior`);
 - the best epoch is the best monitored value, ties broken by the lower validation loss
   (a classifier validated on fewer than 100 samples outside its most common class: the
-  lowest validation loss); its weights are restored.
+  lowest validation loss); its weights are restored;
+- a linear model with a smooth convex loss has no epochs, schedule or early stopping:
+  `solve_convex` solves its L2-penalised loss exactly, as scikit-learn's
+  LogisticRegression and Ridge do.
 
 Fast by design: the data lives as tensors on the device, batches are slices of a shuffled
 index (no per-sample collation), and metrics accumulate on the device and are read back
