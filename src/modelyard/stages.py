@@ -355,7 +355,8 @@ def train(ctx: Context) -> None:
     alone. The validation figures are then out-of-fold: each held-out sample scored by the
     member that did not train on it.
 
-    A linear model solved exactly is then refitted once on train + validation
+    A linear model solved exactly trains one member unless it cross-fits (its seeds would
+    all reach the same optimum), and is then refitted once on train + validation
     (`_refit_on_all_rows`). The choice is logged (`modelyard.train_source`: retrained,
     ensemble, best_trial, cross_fit, cross_fit_best_trial or refit) and written to train.json.
     """
@@ -388,11 +389,12 @@ def train(ctx: Context) -> None:
     run.log_inputs(ctx.datasets("train", "val", "test"))  # the test split is scored on this run by evaluate
     epochs = options.epochs_for(len(train_rows[0]), hparams.batch_size)
     progress = Progress(epochs * n_members, f"train {ctx.task_name} epoch")
+    exact = solves_exactly(_network(arrays, size, task, hparams), hparams)
     cross_fit = n_members > 1 and len(val[0]) < MIN_METRIC_SAMPLES and kind_of(task).cross_fits
     if cross_fit:
         splits = cross_fit_splits(train_rows, val, n_members, task.problem, ctx.settings.seed)
-    else:
-        splits = [(train_rows, val)] * n_members
+    else:  # seeds of a model solved exactly all reach the same optimum: one is trained
+        splits = [(train_rows, val)] * (1 if exact else n_members)
     try:
         family_hparams = hparams.of_family(task.family, task.problem, task.kind)
         threads = torch.get_num_threads()  # with the seed, what reproduces the run exactly on the CPU
@@ -400,7 +402,7 @@ def train(ctx: Context) -> None:
         trained = _fit_members(ctx, arrays, size, hparams, options, splits, run, progress)
         progress.close()
         final = _final_model(ctx, arrays, size, hparams, options, splits, trained, cross_fit)
-        if solves_exactly(trained[0][0], hparams):
+        if exact:
             final = _refit_on_all_rows(ctx, arrays, size, hparams, options, final)
         epochs_run = [len(result.history) for _, result in trained]
         final.network.cpu()
@@ -443,7 +445,7 @@ def train(ctx: Context) -> None:
             "ensemble": bundle.n_members,
             "best_epoch": final.best_epoch,
             "threshold": threshold,
-            "epochs_run": epochs_run if n_members > 1 else epochs_run[0],
+            "epochs_run": epochs_run if len(epochs_run) > 1 else epochs_run[0],
             "validation": "out_of_fold" if cross_fit else "val_split",
             "val": final.val_metrics,
             "val_split": final.split_metrics,  # the (first) member's figures on the validation split

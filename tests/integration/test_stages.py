@@ -369,20 +369,28 @@ def test_empty_source_file(project: Path, capsys: pytest.CaptureFixture) -> None
     assert "empty" in capsys.readouterr().err
 
 
-def test_a_linear_model_is_refitted_on_all_labelled_rows_as_logistic_regression(project: Path) -> None:
+@pytest.mark.parametrize(
+    ("val_size", "validation", "members_trained"),
+    [(0.2, "out_of_fold", 2), (0.35, "val_split", 1)],  # 64 validation rows cross-fit, 112 do not
+)
+def test_a_linear_model_is_refitted_on_all_labelled_rows_as_logistic_regression(
+    project: Path, val_size: float, validation: str, members_trained: int
+) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from modelyard.bundle import ModelBundle
     from modelyard.training import predict
 
-    params = toy_params(train={"ensemble": 2})
+    params = toy_params(train={"ensemble": 2}, split={"val_size": val_size})
     params["tasks"]["toy"]["model"] = {"n_layers": 0, "weight_decay": 0.01}
     params["tasks"]["toy"]["tune"] = {"n_trials": 1, "default_space": False}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     ctx = run(project, *UPSTREAM, "tune", "train")
     summary = json.loads(ctx.paths.train_summary.read_text())
     assert summary["source"] == "refit" and summary["ensemble"] == 1
-    assert summary["validation"] == "out_of_fold"  # the figures still come from held-out rows
+    assert summary["validation"] == validation  # the figures still come from held-out rows
+    # two seeds of one convex optimum are the same model: only cross-fitting trains both
+    assert len(np.atleast_1d(summary["epochs_run"])) == members_trained
     with np.load(ctx.paths.features) as arrays:
         x = np.concatenate([arrays["x_train"], arrays["x_val"]])
         y = np.concatenate([arrays["y_train"], arrays["y_val"]])
