@@ -273,7 +273,7 @@ def dataset_inputs(
     and the split's role (`training`, `validation`, `testing`) as its context.
 
     The schema is inferred from `schema_sample` rows, not all of them: MLflow checks every
-    value of a text column in Python, 0.4 s for Adult's 24,000 training rows, and a split's
+    value of a text column in Python (0.4 s for 24,000 rows of Adult-like columns), and a split's
     columns hold one type each (the validate stage checked them)."""
     from mlflow.data.pandas_dataset import from_pandas
     from mlflow.models import infer_signature
