@@ -17,7 +17,7 @@ split moves a figure by a full point a row; the pooled figure over N splits is t
 one, and its standard error shrinks with the pooled samples.
 
     python bench/quality.py [--only wine,arrowhead] [--add] [--quick] [--seeds N]
-                            [--workdir DIR [--reuse]] [--keep] [--out FILE]
+                            [--workdir DIR [--reuse]] [--keep] [--out FILE] [--tune KEY=VALUE]
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def open_workdir(path: Path | None) -> Path:
     return path.resolve()
 
 
-def task_entry(project: Path, dataset: Dataset, prepared: Prepared, quick: bool) -> dict[str, Any]:
-    """Write the dataset's CSV file(s) under data/sources/ and return its params.yaml entry."""
+def task_entry(project: Path, dataset: Dataset, prepared: Prepared, overrides: dict[str, dict]) -> dict[str, Any]:
+    """Write the dataset's CSV file(s) under data/sources/ and return its params.yaml entry,
+    with `overrides` ({section: {key: value}}) merged into its sections."""
     sources = project / "data" / "sources"
     sources.mkdir(parents=True, exist_ok=True)
     if prepared.test is None:
@@ -92,8 +93,8 @@ def task_entry(project: Path, dataset: Dataset, prepared: Prepared, quick: bool)
         prepared.rows.to_csv(project / source["path"], index=False)
         prepared.test.to_csv(project / source["test"], index=False)
     entry = {"source": source, **copy.deepcopy(prepared.task)}
-    if quick:
-        entry |= copy.deepcopy(QUICK)
+    for section, values in overrides.items():
+        entry[section] = {**entry.get(section, {}), **copy.deepcopy(values)}
     return entry
 
 
@@ -494,6 +495,9 @@ def report(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"{header['load_start']} at start, {header['load_end']} at end · workdir `{header['workdir']}`",
         "",
     ]
+    if header.get("tune"):
+        settings = ", ".join(f"`{key}: {value}`" for key, value in header["tune"].items())
+        lines += [f"Every task's tune section was given {settings} (`--tune`).", ""]
     if header["seeds"] > 1:
         lines += [
             f"Each dataset ran with params seeds 0..{header['seeds'] - 1} (a split and an initialisation each; "
@@ -618,6 +622,13 @@ def main() -> None:
         help="run each dataset with params seeds 0..N-1 (other splits and initialisations) and pool the test "
         "samples of all seeds (default 1)",
     )
+    parser.add_argument(
+        "--tune",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set tune.KEY in every task (VALUE read as YAML), e.g. --tune pruner=hyperband; repeatable",
+    )
     parser.add_argument("--stage-timeout", type=float, default=7200.0, help="seconds one stage may take (default 7200)")
     args = parser.parse_args()
     chosen = DATASETS
@@ -627,6 +638,10 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(d.name for d in DATASETS)}")
         chosen = [d for d in DATASETS if d.name in names]
+    overrides = copy.deepcopy(QUICK) if args.quick else {}
+    for setting in args.tune:
+        key, _, value = setting.partition("=")
+        overrides.setdefault("tune", {})[key.strip()] = yaml.safe_load(value)
     out = args.out or REPO / "bench" / ("QUALITY_quick.md" if args.quick else "QUALITY.md")
     project = open_workdir(args.workdir)
     header = {
@@ -637,6 +652,7 @@ def main() -> None:
         "load_start": load(),
         "workdir": str(project),
         "seeds": args.seeds,
+        "tune": overrides.get("tune", {}) if not args.quick else {},
     }
     log(f"workdir {project}")
     results: list[dict[str, Any]] = []
@@ -651,7 +667,7 @@ def main() -> None:
                     base | {"problem": "?", "metric": "?", "failed": {"stage": "prepare", "error": str(exc)}}
                 )
                 continue
-            entry = task_entry(project, dataset, prepared, args.quick)
+            entry = task_entry(project, dataset, prepared, overrides)
             problem = entry_problem(dataset.name, entry)
             if problem:
                 base |= {"problem": entry["problem"], "metric": "?", "published_split": "test" in entry["source"]}
@@ -665,7 +681,7 @@ def main() -> None:
         for seed in range(args.seeds):
             folder = project if args.seeds == 1 else project / f"seed-{seed}"
             entries = {
-                name: task_entry(folder, dataset, prepared, args.quick)
+                name: task_entry(folder, dataset, prepared, overrides)
                 for name, (dataset, prepared) in chosen_prepared.items()
             }
             if args.add:

@@ -248,6 +248,7 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
     finally:
         if progress:
             progress.close()
+    say(f"tune {ctx.task_name}: best {task.monitor}={result.best_value:.4f} (trial {result.best_trial})")
     chosen, selection = _selected_trial(ctx, task, arrays, size, result, checkpoints)
     keep_best_trial(checkpoint_path(checkpoints, chosen.number), ctx.paths.best_trial, chosen.number)
     write_json(
@@ -262,17 +263,12 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
             "trials": {"complete": result.n_complete, "pruned": result.n_pruned, "failed": result.n_failed},
         },
     )
-    say(f"tune {ctx.task_name}: best {task.monitor}={result.best_value:.4f} (trial {result.best_trial})")
-    if chosen.number != result.best_trial:
-        say(
-            f"tune {ctx.task_name}: train builds on trial {chosen.number} ({task.monitor}={chosen.value:.4f}), "
-            f"the smallest network within one standard error ({selection['standard_error']:.4f}) of the best"
-        )
 
 
 def _selected_trial(ctx: Context, task: TaskSettings, arrays, size, result, checkpoints: Path):
     """(the trial train builds on, how it was chosen): the study's best, or on a small
     validation split the smallest network within one standard error of it (`selection.py`)."""
+    from modelyard.kinds import kind_of
     from modelyard.search_space import base_hparams, baseline_params
     from modelyard.selection import Candidate, applies, n_parameters, simplest_within, standard_error, within
     from modelyard.training import FitOptions, load_checkpoint, score
@@ -311,7 +307,58 @@ def _selected_trial(ctx: Context, task: TaskSettings, arrays, size, result, chec
         candidates, best, error, result.minimize, lambda h: n_parameters(_network(arrays, size, task, h))
     )
     close = [c.number for c in within(candidates, best, error, result.minimize)]
-    return chosen, {"rule": "one_standard_error", "standard_error": error, "within": close, "value": chosen.value}
+    if chosen.number != best.number:
+        say(
+            f"tune {ctx.task_name}: trial {chosen.number} ({task.monitor}={chosen.value:.4f}) is the smallest "
+            f"network within one standard error ({error:.4f}) of the best"
+        )
+    record: dict[str, Any] = {"rule": "one_standard_error", "standard_error": error, "within": close}
+    linear = next((c for c in candidates if c.baseline), None)
+    if linear is not None and chosen.number != linear.number and kind_of(task).cross_fits:
+        chosen, record["cross_validation"] = _cross_validated(ctx, task, arrays, size, chosen, linear, result.minimize)
+    return chosen, {**record, "value": chosen.value}
+
+
+def _cross_validated(ctx: Context, task: TaskSettings, arrays, size, network: Any, baseline: Any, minimize: bool):
+    """(the trial train builds on, the record): the network the rule kept on a small
+    validation split, or the baseline unless the network beats it in cross-validation
+    over train + validation (`selection.cross_validate`). `task` is the study's
+    (`search_space.tuning_task`): its monitor and epoch budget are the trials'."""
+    import torch
+
+    from modelyard.selection import CV_FOLDS, cross_validate, nested_folds
+    from modelyard.training import FitOptions, assign_folds, fit, score
+
+    seed = ctx.settings.seed
+    x = np.concatenate([arrays["x_train"], arrays["x_val"]])
+    y = np.concatenate([arrays["y_train"], arrays["y_val"]])
+    folds = nested_folds(x, y, assign_folds(y, CV_FOLDS, task.problem, seed))
+    options = FitOptions.for_task(  # as a trial trains
+        task,
+        max_epochs=task.tune.max_epochs,
+        patience=task.train.patience,
+        seed=seed,
+        device=ctx.settings.device,
+        target_scale=size["target_scale"],
+        target_offset=size["target_offset"],
+        tuning=True,
+    )
+
+    def value_of(hparams: Hyperparams, fold) -> float:
+        training, stopping, scored = fold
+        torch.manual_seed(seed)
+        model = _network(arrays, size, task, hparams)
+        fit(model, training, stopping, hparams, options)
+        return score(model, scored, hparams, options)[task.monitor]
+
+    kept, record = cross_validate(value_of, network, baseline, folds, minimize)
+    say(
+        f"tune {ctx.task_name}: {CV_FOLDS}-fold cross-validation of train + validation, {task.monitor} "
+        f"trial {network.number} {record['network']:.4f}, baseline trial {baseline.number} "
+        f"{record['baseline']:.4f} (standard error of the difference {record['standard_error']:.4f}): "
+        f"train builds on trial {kept.number}"
+    )
+    return kept, record
 
 
 def keep_best_trial(checkpoint: Path, target: Path, trial: int) -> None:

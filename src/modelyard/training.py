@@ -412,6 +412,23 @@ CROSS_FIT_FOLDS = 5  # folds of train + validation when the final model cross-fi
 Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+def assign_folds(labels: np.ndarray, n_folds: int, problem: Problem, seed: int) -> np.ndarray:
+    """Each sample's fold, 0 to `n_folds` - 1: samples dealt round-robin in a seeded random
+    order, each class spread evenly over the folds for classification."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    if problem == "regression":
+        groups = [np.arange(len(labels))]
+    else:
+        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    start = 0
+    for rows in groups:  # round-robin over the folds, continuing where the last class ended
+        rows = rng.permutation(rows)
+        fold[rows] = (start + np.arange(len(rows))) % n_folds
+        start += len(rows)
+    return fold
+
+
 def cross_fit_splits(
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
@@ -428,18 +445,7 @@ def cross_fit_splits(
     samples it never saw.
     """
     n_folds = max(CROSS_FIT_FOLDS, n_members)
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(train[1])
-    fold = np.empty(len(labels), dtype=np.int64)
-    if problem == "regression":
-        groups = [np.arange(len(labels))]
-    else:
-        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    start = 0
-    for rows in groups:  # round-robin over the folds, continuing where the last class ended
-        rows = rng.permutation(rows)
-        fold[rows] = 1 + (start + np.arange(len(rows))) % (n_folds - 1)
-        start += len(rows)
+    fold = 1 + assign_folds(np.asarray(train[1]), n_folds - 1, problem, seed)
     splits = [(train, val)]
     for member in range(1, n_members):
         held = fold == member

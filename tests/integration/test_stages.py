@@ -398,3 +398,32 @@ def test_a_linear_model_is_refitted_on_all_labelled_rows_as_logistic_regression(
     reference = LogisticRegression(C=1 / (len(x) * 0.01), tol=1e-8, max_iter=10_000).fit(x, y)
     network = ModelBundle.load(ctx.paths.model_dir).network
     np.testing.assert_allclose(predict(network, x, "binary"), reference.predict_proba(x)[:, 1], atol=2e-3)
+
+
+def test_on_small_data_a_network_must_beat_the_linear_baseline_in_cross_validation(
+    template: Path, tmp_path: Path
+) -> None:
+    from modelyard.config import Hyperparams
+    from modelyard.search_space import base_hparams, tuning_task
+    from modelyard.selection import Candidate
+    from modelyard.stages import _cross_validated, _load_arrays, _load_preprocessing, network_size
+    from tests.integration.helpers import context, copy_project
+
+    ctx = context(copy_project(template, tmp_path, tune={"max_epochs": 20}))
+    arrays = _load_arrays(ctx)
+    task = tuning_task(ctx.task, len(arrays["x_train"]), arrays["y_val"])
+    assert task.monitor == "val_loss"  # 64 validation rows: trials are ranked on the loss
+    size = network_size(task, _load_preprocessing(ctx))
+
+    def hparams(**values: object) -> Hyperparams:
+        return Hyperparams.model_validate({**base_hparams(ctx.task).model_dump(), **values})
+
+    network = Candidate(3, 0.20, hparams(n_layers=3, units=64, lr=0.01, batch_size=32))
+    baseline = Candidate(0, 0.30, hparams(n_layers=0, numeric_embedding="none", weight_decay=1 / 256), baseline=True)
+    kept, record = _cross_validated(ctx, task, arrays, size, network, baseline, minimize=True)
+    assert record["folds"] == 5 and record["network_trial"] == 3 and record["baseline_trial"] == 0
+    assert 0 < record["baseline"] < 0.693 and 0 < record["network"] < 0.693  # both learn more than the prior
+    gain = record["baseline"] - record["network"]
+    assert (kept is network) == (gain > record["standard_error"])
+    assert record["kept"] == ("network" if kept is network else "baseline")
+    assert kept is baseline  # the toy's label is linear in its features: the deeper network gains nothing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from modelyard.config import MIN_METRIC_SAMPLES, Hyperparams
 from modelyard.selection import Candidate, applies, simplest_within, standard_error
@@ -66,3 +67,40 @@ def test_a_rare_class_makes_a_large_validation_split_small() -> None:
     balanced = np.arange(1600) % 2
     assert not applies("binary", balanced)
     assert not applies("multiclass", np.arange(300) % 10)  # 270 outside the most common class
+
+
+def test_nested_folds_never_stop_a_model_on_the_samples_that_score_it() -> None:
+    from modelyard.selection import nested_folds
+
+    fold = np.arange(20) % 5
+    x, y = np.arange(20).reshape(-1, 1).astype(float), np.zeros(20)
+    parts = nested_folds(x, y, fold)
+    assert len(parts) == 5
+    scored = np.concatenate([part[2][0][:, 0] for part in parts])
+    np.testing.assert_array_equal(np.sort(scored), np.arange(20))  # every sample scored exactly once
+    for training, stopping, held in parts:
+        sets = [set(training[0][:, 0]), set(stopping[0][:, 0]), set(held[0][:, 0])]
+        assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+        assert len(sets[0]) == 12 and len(sets[1]) == len(sets[2]) == 4
+
+
+def test_a_network_replaces_the_baseline_only_when_cross_validation_says_so_beyond_the_noise() -> None:
+    from modelyard.selection import cross_validate
+
+    network = candidate(3, 0.02, 64)
+    baseline = Candidate(0, 0.05, Hyperparams(units=8), baseline=True)
+    folds = [None] * 5  # value_of below ignores the samples
+
+    def values(network_losses: list[float]):
+        def value_of(hparams: Hyperparams, fold: object) -> float:
+            return network_losses.pop(0) if hparams.units == 64 else 0.050
+
+        return value_of
+
+    # better on every fold: the network stands
+    kept, record = cross_validate(values([0.030, 0.031, 0.029, 0.030, 0.032]), network, baseline, folds, True)
+    assert kept is network and record["kept"] == "network" and record["network"] < record["baseline"]
+    # better on average but within the spread of the folds: the baseline
+    kept, record = cross_validate(values([0.010, 0.090, 0.020, 0.080, 0.040]), network, baseline, folds, True)
+    assert kept is baseline and record["kept"] == "baseline" and record["network"] == pytest.approx(0.048)
+    assert record["standard_error"] > 0.002
