@@ -135,3 +135,29 @@ def test_the_pruner_waits_longer_on_small_data(n_train: int, expected: int) -> N
 
     study_task = tuning_task(task(tune={"n_trials": 3}), n_train, np.arange(200) % 2)  # auto budget, default space
     assert pruner_warmup(study_task, n_train) == expected
+
+
+def test_hyperband_judges_no_trial_before_the_warmup_and_prunes_a_poor_one_after_it() -> None:
+    import optuna
+
+    from modelyard.tuning.trials import make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(pruner=make_pruner("hyperband", warmup_epochs=4, longest=36))
+    for _ in range(12):  # good trials, each run to the end of its budget (asking as a trial does)
+        trial = study.ask()
+        for epoch in range(36):
+            trial.report(0.1, epoch)
+            assert not trial.should_prune()
+        study.tell(trial, 0.1)
+    poor = [study.ask() for _ in range(6)]
+    pruned_at = []
+    for trial in poor:
+        for epoch in range(36):
+            trial.report(5.0, epoch)
+            if trial.should_prune():
+                pruned_at.append(epoch)
+                break
+    assert len(pruned_at) == len(poor)  # every poor trial is cut, whatever its bracket
+    assert min(pruned_at) >= 4 - 1  # none before its fourth epoch (epochs count from 0)
+    assert max(pruned_at) < 35  # none trained to the full budget

@@ -101,26 +101,35 @@ def suggest_hparams(trial: optuna.Trial, base: Hyperparams, space: dict[str, Dis
     return Hyperparams.model_validate({**base.model_dump(), **drawn})
 
 
-def pruner_warmup(task: TaskSettings, n_train: int) -> int:
-    """Epochs the median pruner leaves every trial alone: a tenth of the shortest trial's
-    epoch budget (twice the learning rate's warm-up), at least 3. Before that, small data
-    (a few steps an epoch) has every trial still at chance level, and pruning on those
-    values would cut good configurations on noise."""
+def trial_budgets(task: TaskSettings, n_train: int) -> tuple[int, int]:
+    """(shortest, longest) epoch budget of the study's trials, over its batch sizes."""
     searched = task.tune.search_space.get("batch_size")
     if searched is None:
         batch_sizes = [task.model.batch_size]
     else:
         batch_sizes = list(searched.choices) if searched.choices is not None else [searched.low, searched.high]
-    shortest = min(epoch_budget(task.tune.max_epochs, AUTO_TUNE, n_train, int(b)) for b in batch_sizes)
-    return max(3, shortest // 10)
+    budgets = [epoch_budget(task.tune.max_epochs, AUTO_TUNE, n_train, int(b)) for b in batch_sizes]
+    return min(budgets), max(budgets)
 
 
-def make_pruner(name: str, max_epochs: int | None, warmup_epochs: int) -> optuna.pruners.BasePruner:
-    """The pruner; the median pruner judges no trial in its first `warmup_epochs`."""
+def pruner_warmup(task: TaskSettings, n_train: int) -> int:
+    """Epochs no pruner judges a trial in: a tenth of the shortest trial's epoch budget
+    (twice the learning rate's warm-up), at least 3. Before that, small data (a few steps
+    an epoch) has every trial still at chance level, and pruning on those values would cut
+    good configurations on noise."""
+    return max(3, trial_budgets(task, n_train)[0] // 10)
+
+
+def make_pruner(name: str, warmup_epochs: int, longest: int) -> optuna.pruners.BasePruner:
+    """The pruner. The median pruner judges no trial in its first `warmup_epochs`; Hyperband
+    (successive halving over epochs, Li et al. 2018) runs its first rung there and its
+    last at the `longest` trial budget: its brackets are sized from the study's own epoch
+    budgets, not from whatever the first trial reported (a linear baseline solved in a few
+    L-BFGS rounds would otherwise set the maximum)."""
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs or "auto")
+        return optuna.pruners.HyperbandPruner(min_resource=warmup_epochs, max_resource=max(longest, warmup_epochs))
     return optuna.pruners.NopPruner()
 
 
@@ -161,7 +170,7 @@ def load_study(
         storage=storage,
         direction="minimize" if lower_is_better(task.monitor) else "maximize",
         sampler=make_sampler(task, seed),
-        pruner=make_pruner(settings.pruner, settings.max_epochs, pruner_warmup(task, n_train)),
+        pruner=make_pruner(settings.pruner, pruner_warmup(task, n_train), trial_budgets(task, n_train)[1]),
         load_if_exists=True,
     )
     if study.metric_names is None:  # optuna-dashboard labels the objective with it
