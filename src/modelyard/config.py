@@ -12,7 +12,7 @@ import re
 import reprlib
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -404,9 +404,18 @@ class TuneSettings(Frozen):
     n_trials: int = Field(20, ge=1)
     max_epochs: int | None = Field(None, ge=1)
     pruner: Literal["median", "hyperband", "none"] = "median"
+    # Trials a worker trains at once as one stacked model (`modelyard.fused`): auto picks
+    # from the device (`tuning.workers.fusion_width`), off trains one at a time.
+    fuse: Literal["auto", "off"] | Annotated[int, Field(ge=1, le=64)] = "auto"
     storage: str | None = None
     default_space: bool = True
     search_space: dict[str, Distribution] = {}
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse_off(cls, value: object) -> object:
+        """YAML reads a bare `off` as false (and `on` as true)."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("storage")
     @classmethod

@@ -144,10 +144,9 @@ def improves(metrics: dict[str, float], best: dict[str, float] | None, monitor: 
     return metrics.get("val_loss", math.inf) < best.get("val_loss", math.inf)
 
 
-def make_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, schedule: str, warmup: float
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step learning-rate factor: linear warm-up, then cosine to zero (or constant)."""
+def lr_factor(total_steps: int, schedule: str, warmup: float) -> Callable[[int], float]:
+    """The learning rate's factor at each optimizer step (from 0): a linear warm-up, then a
+    cosine to zero (or constant)."""
     warmup_steps = math.floor(total_steps * warmup) if schedule == "cosine" else 0
 
     def factor(step: int) -> float:
@@ -158,7 +157,14 @@ def make_schedule(
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, schedule: str, warmup: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The optimizer's per-step schedule (`lr_factor`)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_steps, schedule, warmup))
 
 
 @dataclass
@@ -517,13 +523,28 @@ def validation_metrics(
 ) -> dict[str, float]:
     """val_loss plus val_accuracy (classification) or val_rmse / val_mae (regression)."""
     model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    hits = torch.zeros((), device=x.device)
-    abs_sum = torch.zeros((), device=x.device)
-    sq_sum = torch.zeros((), device=x.device)
     step = eval_batch(x.shape)
-    for start in range(0, len(x), step):
-        out = _output(model(x[start : start + step]).float(), options.problem)
+    return output_metrics(lambda start: model(x[start : start + step]), len(x), step, y, loss_fn, options)
+
+
+@torch.no_grad()
+def output_metrics(
+    outputs: Callable[[int], torch.Tensor],
+    n_rows: int,
+    step: int,
+    y: torch.Tensor,
+    loss_fn: nn.Module,
+    options: FitOptions,
+) -> dict[str, float]:
+    """`validation_metrics` from a model's outputs on the rows from `start` on, `step` at a
+    time (`outputs(start)`); the sums stay on the device until the end."""
+    device = y.device
+    loss_sum = torch.zeros((), device=device)
+    hits = torch.zeros((), device=device)
+    abs_sum = torch.zeros((), device=device)
+    sq_sum = torch.zeros((), device=device)
+    for start in range(0, n_rows, step):
+        out = _output(outputs(start).float(), options.problem)
         target = y[start : start + step]
         loss_sum += loss_fn(out, target) * len(target)
         if options.problem == "binary":
@@ -533,7 +554,6 @@ def validation_metrics(
         else:
             abs_sum += (out - target).abs().sum()
             sq_sum += ((out - target) ** 2).sum()
-    n_rows = len(x)
     if options.problem == "regression":
         loss, abs_total, sq_total = torch.stack([loss_sum, abs_sum, sq_sum]).tolist()
         scale = options.target_scale

@@ -427,3 +427,21 @@ def test_on_small_data_a_network_must_beat_the_linear_baseline_in_cross_validati
     assert (kept is network) == (gain > record["standard_error"])
     assert record["kept"] == ("network" if kept is network else "baseline")
     assert kept is baseline  # the toy's label is linear in its features: the deeper network gains nothing
+
+
+def test_trials_asked_together_share_a_structure_and_train_as_one_stacked_model(project: Path) -> None:
+    tune = {**toy_params()["tasks"]["toy"]["tune"], "n_trials": 4, "fuse": 3, "pruner": "none"}
+    (project / "params.yaml").write_text(yaml.safe_dump(toy_params(tune=tune)))
+    ctx = run(project, *UPSTREAM, "tune")
+    trials = study_trials(ctx)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    # trials 0-2 were asked together: 1 and 2 took trial 0's structure (its batch size) and
+    # drew their own learning rate, weight decay and dropout; trial 3 was drawn alone
+    assert trials[1].params["batch_size"] == trials[2].params["batch_size"] == trials[0].params["batch_size"]
+    assert len({(t.params["lr"], t.params["dropout"]) for t in trials[:3]}) == 3
+    assert len({t.value for t in trials[:3]}) == 3  # each member learned with its own settings
+    client = MlflowClient()
+    for trial in trials:  # each its own child run, with its own per-epoch curve
+        history = client.get_metric_history(trial.user_attrs["mlflow_run_id"], "val_loss")
+        assert [m.step for m in history] == [1, 2, 3]
+        assert sorted(trial.intermediate_values) == [1, 2, 3]  # and reported each epoch to Optuna

@@ -413,3 +413,10 @@ def test_params_rewritten_by_dvc_keep_yes_and_no_as_text(tmp_path: Path) -> None
     (tmp_path / "params.yaml").write_text(text)
     task = load_settings(tmp_path / "params.yaml").task("toy")
     assert task.positive_label == "yes" and list(task.schema_.columns["label"].categories) == ["no", "yes"]
+
+
+@pytest.mark.parametrize(("written", "read"), [("off", "off"), ("auto", "auto"), ("8", 8)])
+def test_tune_fuse_reads_as_written_in_yaml(raw: dict, written: str, read: object) -> None:
+    """A bare `off` is YAML's false: it still means off."""
+    raw["tasks"]["adult"]["tune"]["fuse"] = yaml.safe_load(written)
+    assert parse_settings(raw).tasks["adult"].tune.fuse == read

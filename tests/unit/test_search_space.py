@@ -143,7 +143,8 @@ def test_hyperband_judges_no_trial_before_the_warmup_and_prunes_a_poor_one_after
     from modelyard.tuning.trials import make_pruner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(pruner=make_pruner("hyperband", warmup_epochs=4, longest=36))
+    # a named study: Hyperband deals trials into brackets by a hash of the name and number
+    study = optuna.create_study(study_name="brackets", pruner=make_pruner("hyperband", warmup_epochs=4, longest=36))
     for _ in range(12):  # good trials, each run to the end of its budget (asking as a trial does)
         trial = study.ask()
         for epoch in range(36):
@@ -158,6 +159,7 @@ def test_hyperband_judges_no_trial_before_the_warmup_and_prunes_a_poor_one_after
             if trial.should_prune():
                 pruned_at.append(epoch)
                 break
-    assert len(pruned_at) == len(poor)  # every poor trial is cut, whatever its bracket
-    assert min(pruned_at) >= 4 - 1  # none before its fourth epoch (epochs count from 0)
-    assert max(pruned_at) < 35  # none trained to the full budget
+    # Hyperband's last bracket runs its trials to the end (its first rung is the full
+    # budget); the others cut a poor trial at their first rung, the warm-up's 4 epochs or 12
+    assert len(pruned_at) >= len(poor) - 2
+    assert set(pruned_at) <= {4, 12}  # none before the warm-up

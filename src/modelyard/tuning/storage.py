@@ -16,11 +16,13 @@ Optuna and its MLflow run FAILED (`fail_stale_trials`):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -173,3 +175,31 @@ def stale_run_closer(client, experiment: str) -> Callable[[optuna.Study, FrozenT
         close_trial_run(client, experiment, study.study_name, trial, "worker stopped sending heartbeats mid-trial")
 
     return close
+
+
+@contextlib.contextmanager
+def heartbeats(storage: optuna.storages.BaseStorage, study: optuna.Study, numbers: list[int]) -> Iterator[None]:
+    """Send the RDB heartbeat of trials asked with `study.ask` (which, unlike
+    `study.optimize`, sends none) while the block runs, so that other machines do not take
+    them for stale. Nothing on a storage without a heartbeat (the journal file)."""
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None or not numbers:
+        yield
+        return
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_ids = [storage.get_trial_id_from_study_id_trial_number(study_id, n) for n in numbers]
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.is_set():
+            for trial_id in trial_ids:
+                storage.record_heartbeat(trial_id)
+            done.wait(interval)
+
+    thread = threading.Thread(target=beat, name="modelyard-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

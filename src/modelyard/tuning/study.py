@@ -208,7 +208,7 @@ def run_study(
     exit_codes: list[int] = []
     try:
         if workers == 1:
-            run_trials(setup, study=study, client=client, on_trial_end=on_trial_end)
+            run_trials(setup, study=study, storage=storage, client=client, on_trial_end=on_trial_end)
         else:
             exit_codes = run_workers(setup, workers)
     finally:

@@ -25,15 +25,24 @@ import numpy as np
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
+from torch import nn
 
 from modelyard import tracking
-from modelyard.config import Distribution, Hyperparams, TaskSettings, TuneSettings, hparam_kind
+from modelyard.config import Distribution, Hyperparams, TaskSettings, hparam_kind
 from modelyard.evaluation import lower_is_better
 from modelyard.models import build_model
 from modelyard.redaction import redact
 from modelyard.search_space import space_size
 from modelyard.selection import applies
-from modelyard.training import AUTO_TUNE, FitOptions, TrainingDiverged, epoch_budget, fit, save_checkpoint
+from modelyard.training import (
+    AUTO_TUNE,
+    FitOptions,
+    FitResult,
+    TrainingDiverged,
+    epoch_budget,
+    fit,
+    save_checkpoint,
+)
 from modelyard.tuning.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, worker_identity
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -196,78 +205,156 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[[optuna.Trial], float]:
-    """The objective every worker runs: one trial = one MLflow child run of `parent`.
+@dataclass
+class Started:
+    """A trial with its hyperparameters drawn, its MLflow run open and its network built
+    (`error`: what building it raised instead)."""
 
-    A trial that raises (NaN or infinite loss, CUDA out of memory, any error) ends FAIL with
-    its reason as the `fail_reason` user attribute and the `modelyard.fail_reason` tag; its
-    memory is released and the study goes on.
+    trial: optuna.Trial
+    hparams: Hyperparams
+    run: tracking.Run
+    model: nn.Module | None
+    error: Exception | None = None
+
+
+Outcome = FitResult | BaseException
+
+
+class TrialRunner:
+    """What every worker does with a trial: one trial = one MLflow child run of `parent`.
+
+    `objective` runs one trial (for `study.optimize`); `run_together` runs trials asked
+    together, those of one `fused.fusion_key` as one stacked model (`fused.fit_fused`).
+    A trial that raises (NaN or infinite loss, CUDA out of memory, any error) ends FAIL
+    with its reason as the `fail_reason` user attribute and the `modelyard.fail_reason`
+    tag; its memory is released and the study goes on.
     """
-    task, arrays = setup.task, setup.arrays
-    settings: TuneSettings = task.tune
-    # Trials stop early by the same rule as the final training (a converged trial frees the
-    # CPU for the next one); the pruner cuts the unpromising ones.
-    options = FitOptions.for_task(
-        task,
-        max_epochs=settings.max_epochs,
-        patience=task.train.patience,
-        seed=setup.seed,
-        device=setup.device,
-        target_scale=arrays.target_scale,
-        target_offset=arrays.target_offset,
-        tuning=True,
-    )
 
-    def train_trial(trial: optuna.Trial, run: tracking.Run, hparams: Hyperparams) -> float:
-        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
-            run.log_metrics(metrics, step=epoch)
-            trial.report(metrics[task.monitor], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        shape = arrays.x_train.shape[1:]
-        torch.manual_seed(setup.seed)  # initial weights from the seed, not from what ran before in this process
-        model = build_model(
-            task.family, shape, arrays.n_outputs, hparams, arrays.vocab_size, arrays.masked, arrays.n_numeric
+    def __init__(self, setup: StudySetup, client, parent: tracking.Run) -> None:
+        self.setup, self.client, self.parent = setup, client, parent
+        task = setup.task
+        # Trials stop early by the same rule as the final training (a converged trial frees
+        # the CPU for the next one); the pruner cuts the unpromising ones.
+        self.options = FitOptions.for_task(
+            task,
+            max_epochs=task.tune.max_epochs,
+            patience=task.train.patience,
+            seed=setup.seed,
+            device=setup.device,
+            target_scale=setup.arrays.target_scale,
+            target_offset=setup.arrays.target_offset,
+            tuning=True,
         )
-        result = fit(
-            model, (arrays.x_train, arrays.y_train), (arrays.x_val, arrays.y_val), hparams, options, on_epoch_end
-        )
-        value = result.best_metrics[task.monitor]
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"{task.monitor} is {value}")
-        run.log_metrics({f"best_{task.monitor}": value})
-        run.log_params({"best_epoch": result.best_epoch})
-        # On small data every completed trial may become the final model's (`selection.py`).
-        keep = applies(task.problem, arrays.y_val) or beats_study(trial.study, value)
-        if setup.checkpoint_dir is not None and keep:
-            path = checkpoint_path(setup.checkpoint_dir, trial.number)
-            save_checkpoint(path, model, result.best_metrics, result.best_epoch, trial.number)
-        return value
 
-    def objective(trial: optuna.Trial) -> float:
+    def start(self, trial: optuna.Trial) -> Started | float:
+        """Draw the trial's hyperparameters, open its run and build its network; or, for a
+        configuration the study already completed, that trial's value (nothing trained)."""
+        setup, task = self.setup, self.setup.task
         trial.set_user_attr("worker", worker_identity())
-        hparams = suggest_hparams(trial, task.model, settings.search_space)
+        hparams = suggest_hparams(trial, task.model, task.tune.search_space)
         earlier = same_configuration(trial)
         if earlier is not None:  # TPE drew a configuration again: reuse its result, train nothing
             trial.set_user_attr("duplicate_of", earlier.number)
             return float(earlier.value)
         tags = {**setup.trial_tags, tracking.TAG_TRIAL: f"{setup.study_name}/{trial.number}"}
-        run = tracking.start_run(client, setup.experiment, f"trial-{trial.number}", tags, parent=parent, buffered=True)
-        state, reason, value = TrialState.FAIL, "", math.nan
+        run = tracking.start_run(
+            self.client, setup.experiment, f"trial-{trial.number}", tags, parent=self.parent, buffered=True
+        )
+        started = Started(trial, hparams, run, None)
         try:
             trial.set_user_attr("mlflow_run_id", run.run_id)
             run.log_inputs(list(setup.datasets))
             run.log_params({**hparams.of_family(task.family, task.problem, task.kind), "trial_number": trial.number})
-            value = train_trial(trial, run, hparams)
-            state = TrialState.COMPLETE
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except KeyboardInterrupt:
-            reason = "interrupted"
+            arrays = setup.arrays
+            torch.manual_seed(setup.seed)  # initial weights from the seed, not from what ran before in this process
+            started.model = build_model(
+                task.family,
+                arrays.x_train.shape[1:],
+                arrays.n_outputs,
+                hparams,
+                arrays.vocab_size,
+                arrays.masked,
+                arrays.n_numeric,
+            )
+        except KeyboardInterrupt as exc:
+            self.end(started, exc)
             raise
         except Exception as exc:
-            reason = redact(f"{type(exc).__name__}: {exc}")
+            started.error = exc
+        return started
+
+    def on_epoch_end(self, started: Started) -> Callable[[int, dict[str, float]], None]:
+        """The trial's per-epoch callback: log, report to Optuna, prune."""
+        trial, run, monitor = started.trial, started.run, self.setup.task.monitor
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            run.log_metrics(metrics, step=epoch)
+            trial.report(metrics[monitor], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        return report
+
+    def train(self, started: Started) -> Outcome:
+        """Train one trial alone; its FitResult, or the exception that ended it."""
+        if started.error is not None:
+            return started.error
+        arrays = self.setup.arrays
+        try:
+            return fit(
+                started.model,
+                (arrays.x_train, arrays.y_train),
+                (arrays.x_val, arrays.y_val),
+                started.hparams,
+                self.options,
+                self.on_epoch_end(started),
+            )
+        except Exception as exc:
+            return exc
+
+    def train_fused(self, group: list[Started]) -> list[Outcome]:
+        """Train trials of one fusion key as one stacked model."""
+        from modelyard.fused import fit_fused
+
+        arrays = self.setup.arrays
+        try:
+            return fit_fused(
+                [s.model for s in group],
+                (arrays.x_train, arrays.y_train),
+                (arrays.x_val, arrays.y_val),
+                [s.hparams for s in group],
+                self.options,
+                [self.on_epoch_end(s) for s in group],
+            )
+        except Exception as exc:
+            return [exc] * len(group)
+
+    def end(self, started: Started, outcome: Outcome) -> tuple[TrialState, float, str]:
+        """Record a trained trial's result (its value, best epoch and, where kept, its
+        weights), tag and end its run; (state, value, fail reason)."""
+        task, setup, run, trial = self.setup.task, self.setup, started.run, started.trial
+        state, reason, value = TrialState.FAIL, "", math.nan
+        try:
+            if isinstance(outcome, FitResult):
+                value = outcome.best_metrics[task.monitor]
+                if not math.isfinite(value):
+                    raise TrainingDiverged(f"{task.monitor} is {value}")
+                run.log_metrics({f"best_{task.monitor}": value})
+                run.log_params({"best_epoch": outcome.best_epoch})
+                # On small data every completed trial may become the final model's (`selection.py`).
+                keep = applies(task.problem, setup.arrays.y_val) or beats_study(trial.study, value)
+                if setup.checkpoint_dir is not None and keep:
+                    path = checkpoint_path(setup.checkpoint_dir, trial.number)
+                    save_checkpoint(path, started.model, outcome.best_metrics, outcome.best_epoch, trial.number)
+                state = TrialState.COMPLETE
+            elif isinstance(outcome, optuna.TrialPruned):
+                state = TrialState.PRUNED
+            elif isinstance(outcome, KeyboardInterrupt):
+                reason = "interrupted"
+            else:
+                reason = redact(f"{type(outcome).__name__}: {outcome}")
+        except Exception as exc:
+            state, reason = TrialState.FAIL, redact(f"{type(exc).__name__}: {exc}")
         finally:
             if reason:
                 trial.set_user_attr("fail_reason", reason)
@@ -277,14 +364,48 @@ def make_objective(setup: StudySetup, client, parent: tracking.Run) -> Callable[
             if state == TrialState.PRUNED:
                 run.set_tags({tracking.RUN_NAME_TAG: f"trial-{trial.number} pruned"})
             run.finish(RUN_STATUS[state])
+        started.model = None  # the weights are saved where kept; the next trials need the memory
+        return state, value, reason
+
+    def objective(self, trial: optuna.Trial) -> float:
+        """One trial, for `study.optimize`."""
+        started = self.start(trial)
+        if not isinstance(started, Started):
+            return started
+        try:
+            outcome = self.train(started)
+        except KeyboardInterrupt as exc:
+            self.end(started, exc)
+            raise
+        state, value, reason = self.end(started, outcome)
+        del outcome, started  # an exception's traceback holds the trial's tensors
         if state == TrialState.PRUNED:
             raise optuna.TrialPruned()
         if state == TrialState.FAIL:
-            free_memory()  # after the except block, so the traceback no longer holds the trial's tensors
+            free_memory()
             raise TrialFailed(reason)
         return value
 
-    return objective
+    def run_together(self, started: list[Started]) -> list[tuple[TrialState, float]]:
+        """Train started trials, those of one fusion key fused; (state, value) of each."""
+        from modelyard.fused import fusable_groups, fusion_key
+
+        keys = [fusion_key(s.model, s.hparams) if s.error is None else None for s in started]
+        outcomes: dict[int, Outcome] = {}
+        try:
+            for group in fusable_groups(keys):
+                members = [started[i] for i in group]
+                results = self.train_fused(members) if len(group) > 1 else [self.train(members[0])]
+                outcomes.update(zip(group, results, strict=True))
+        except KeyboardInterrupt as exc:
+            for i, s in enumerate(started):
+                self.end(s, outcomes.get(i, exc))
+            raise
+        ended = [self.end(s, outcomes[i])[:2] for i, s in enumerate(started)]
+        if any(state == TrialState.FAIL for state, _ in ended):
+            outcomes.clear()
+            free_memory()
+        return ended
 
 
 def same_configuration(trial: optuna.Trial) -> FrozenTrial | None:

@@ -1,6 +1,6 @@
 """The processes that run a study's trials: this one, or `workers` spawned ones.
 
-Each worker calls the same objective (`trials.make_objective`) and stops once the study as
+Each worker runs trials the same way (`trials.TrialRunner`) and stops once the study as
 a whole holds `trial_target` finished trials (`n_trials`, or fewer when the search space
 holds fewer configurations; `MaxTrialsCallback`, and workers running side by side may
 finish up to `workers - 1` trials beyond the count), or after that many failed trials of
@@ -20,23 +20,30 @@ from collections.abc import Callable
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from modelyard import tracking
+from modelyard.config import TaskSettings
 from modelyard.console import say
 from modelyard.errors import ModelyardError
 from modelyard.redaction import redact
-from modelyard.tuning.storage import open_storage, stale_run_closer
+from modelyard.search_space import space_size
+from modelyard.training import resolve_device
+from modelyard.tuning.storage import heartbeats, open_storage, stale_run_closer
 from modelyard.tuning.trials import (
     FINISHED,
+    Started,
     StopAfterFailures,
     StudySetup,
+    TrialRunner,
     describe_trial,
     load_study,
-    make_objective,
     sampler_seed,
     trial_target,
 )
+
+# Trials fused per worker with `tune.fuse: auto`, by device type (see `fusion_width`).
+FUSE_AUTO = {"cpu": 4, "cuda": 8}
 
 QUIET_LOGGERS = ("alembic", "mlflow", "optuna", "urllib3", "git")
 
@@ -45,15 +52,17 @@ def run_trials(
     setup: StudySetup,
     *,
     study: optuna.Study | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
     client=None,
     on_trial_end: Callable[[FrozenTrial, int], None] | None = None,
 ) -> None:
-    """One worker: run trials until the study holds `n_trials` finished ones.
+    """One worker: run trials until the study holds `n_trials` finished ones, `fusion_width`
+    of them at a time.
 
-    Without `study` and `client` (a spawned worker) it opens its own connections.
+    Without `study`, `storage` and `client` (a spawned worker) it opens its own connections.
     """
     client = client or tracking.connect(setup.root)
-    if study is None:
+    if study is None or storage is None:
         on_stale = stale_run_closer(client, setup.experiment)
         storage = open_storage(setup.storage_url, setup.journal, on_stale=on_stale, heartbeat=setup.heartbeat)
         study = load_study(
@@ -62,14 +71,88 @@ def run_trials(
     n_trials = trial_target(setup.task)
     if len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
         return
+    runner = TrialRunner(setup, client, tracking.Run(client, setup.parent_run_id))
+    width = fusion_width(setup.task, setup.device)
+    if width > 1:
+        run_fused(study, storage, runner, width, n_trials, on_trial_end)
+        return
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
         optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
         StopAfterFailures(n_trials),
     ]
     if on_trial_end is not None:
         callbacks.append(lambda _, trial: on_trial_end(trial, n_trials))
-    objective = make_objective(setup, client, tracking.Run(client, setup.parent_run_id))
-    study.optimize(objective, n_trials=None, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+    study.optimize(runner.objective, n_trials=None, catch=(Exception,), callbacks=callbacks, gc_after_trial=False)
+
+
+def fusion_width(task: TaskSettings, device: str) -> int:
+    """How many trials a worker asks for at once (`tune.fuse`): a number as given, 1 for
+    `off`, and for `auto` FUSE_AUTO of the device. Always 1 when the space is enumerated
+    (each configuration once: nothing is drawn to fill a batch) or the family has nothing
+    `fused.fusion_key` accepts (only the tabular MLP fuses)."""
+    fuse = task.tune.fuse
+    if fuse == "off" or task.family != "ann" or space_size(task.tune.search_space) <= task.tune.n_trials:
+        return 1
+    if fuse == "auto":
+        return FUSE_AUTO[resolve_device(device).type]
+    return int(fuse)
+
+
+def ask_together(study: optuna.Study, runner: TrialRunner, count: int) -> list[tuple[optuna.Trial, Started | float]]:
+    """Up to `count` trials that can train fused, each started (`TrialRunner.start`).
+
+    The first is drawn as any trial is. When its network can fuse, the others take its
+    structure (every drawn hyperparameter but `fused.MEMBER_HPARAMS`: depth, width, batch
+    size, embedding) through `study.enqueue_trial`, and the sampler draws their learning
+    rate, weight decay, dropout and frequency scale. Trials another worker enqueued, or a
+    warm start, may come out of the queue instead; those that cannot fuse train alone.
+    """
+    from modelyard.fused import MEMBER_HPARAMS, fusion_key
+
+    leader = study.ask()
+    asked = [(leader, runner.start(leader))]
+    first = asked[0][1]
+    if count > 1 and isinstance(first, Started) and first.error is None and fusion_key(first.model, first.hparams):
+        structure = {name: value for name, value in leader.params.items() if name not in MEMBER_HPARAMS}
+        for _ in range(count - 1):
+            study.enqueue_trial(structure, skip_if_exists=False)
+        for _ in range(count - 1):
+            trial = study.ask()
+            asked.append((trial, runner.start(trial)))
+    return asked
+
+
+def run_fused(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    runner: TrialRunner,
+    width: int,
+    n_trials: int,
+    on_trial_end: Callable[[FrozenTrial, int], None] | None,
+) -> None:
+    """Run trials `width` at a time (`ask_together`, `TrialRunner.run_together`) until the
+    study holds `n_trials` finished ones, or this worker has failed `n_trials` of its own."""
+    failed = 0
+    while failed < n_trials:
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if finished >= n_trials:
+            return
+        asked: list[tuple[optuna.Trial, Started | float]] = []
+        try:
+            asked = ask_together(study, runner, min(width, n_trials - finished))
+            started = [s for _, s in asked if isinstance(s, Started)]
+            with heartbeats(storage, study, [s.trial.number for s in started]):
+                ended = iter(runner.run_together(started))
+            results = [next(ended) if isinstance(s, Started) else (TrialState.COMPLETE, s) for _, s in asked]
+        except BaseException:
+            for trial, _ in asked:  # interrupted: nothing of this batch stays RUNNING
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+        for (trial, _), (state, value) in zip(asked, results, strict=True):
+            frozen = study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+            failed += state == TrialState.FAIL
+            if on_trial_end is not None:
+                on_trial_end(frozen, n_trials)
 
 
 def _exit_with_parent() -> None:
