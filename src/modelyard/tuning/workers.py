@@ -131,15 +131,18 @@ def run_fused(
     on_trial_end: Callable[[FrozenTrial, int], None] | None,
 ) -> None:
     """Run trials `width` at a time (`ask_together`, `TrialRunner.run_together`) until the
-    study holds `n_trials` finished ones, or this worker has failed `n_trials` of its own."""
+    study holds `n_trials` finished ones, or this worker has failed `n_trials` of its own.
+    Trials other workers are running count as finishing: a worker asks only for what the
+    study still lacks, so workers side by side overshoot `n_trials` no more than when they
+    run one trial at a time."""
     failed = 0
     while failed < n_trials:
-        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if finished >= n_trials:
+        lacking = n_trials - len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+        if lacking <= 0:
             return
         asked: list[tuple[optuna.Trial, Started | float]] = []
         try:
-            asked = ask_together(study, runner, min(width, n_trials - finished))
+            asked = ask_together(study, runner, min(width, lacking))
             started = [s for _, s in asked if isinstance(s, Started)]
             with heartbeats(storage, study, [s.trial.number for s in started]):
                 ended = iter(runner.run_together(started))
