@@ -38,6 +38,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from modelyard.config import Hyperparams
 from modelyard.features.augment import ImageAugmenter
+from modelyard.models.cnn import CNN
 from modelyard.models.mlp import MLP, PeriodicEmbedding, PiecewiseLinearEmbedding
 from modelyard.training import (
     EpochCallback,
@@ -59,15 +60,23 @@ from modelyard.training import (
 
 # Hyperparameters that may differ between the members of one fused model.
 MEMBER_HPARAMS = ("lr", "weight_decay", "dropout", "frequency_scale")
-# Layers whose batched (vmap) form is exact. Batch norm is left out: its running statistics
-# are updated in place, which a stacked model would have to special-case.
+# Layers whose batched (vmap) form is exact. Batch norm is: with its running statistics
+# stacked like the weights, each member updates its own in place.
 FUSABLE: tuple[type[nn.Module], ...] = (
     MLP,
     PeriodicEmbedding,
     PiecewiseLinearEmbedding,
+    CNN,
     nn.Sequential,
     nn.Linear,
+    nn.Conv2d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
     nn.Dropout,
+    nn.Dropout2d,
     nn.ReLU,
     nn.LeakyReLU,
     nn.Tanh,
@@ -92,26 +101,30 @@ def fusion_key(model: nn.Module, hparams: Hyperparams) -> Hashable | None:
 
 
 class MemberDropout(nn.Module):
-    """Dropout whose rate is a buffer, so each member of a stacked model has its own."""
+    """Dropout whose rate is a buffer, so each member of a stacked model has its own;
+    `channels` drops whole channels of an image, as nn.Dropout2d does."""
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, channels: bool = False) -> None:
         super().__init__()
         self.register_buffer("p", torch.tensor(float(p)))
+        self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        keep = (torch.rand_like(x) >= self.p).to(x.dtype)
+        draw = x[(slice(None), slice(None), *([slice(0, 1)] * (x.dim() - 2)))] if self.channels else x
+        keep = (torch.rand_like(draw) >= self.p).to(x.dtype)
         return x * keep / (1.0 - self.p)
 
 
 def _with_member_dropout(model: nn.Module) -> nn.Module:
-    """A copy of `model` with each nn.Dropout replaced by a MemberDropout of the same rate."""
+    """A copy of `model` with each nn.Dropout (nn.Dropout2d) replaced by a MemberDropout of
+    the same rate."""
     model = copy.deepcopy(model)
     for module in list(model.modules()):
         for name, child in module.named_children():
-            if type(child) is nn.Dropout:
-                setattr(module, name, MemberDropout(child.p))
+            if type(child) in (nn.Dropout, nn.Dropout2d):
+                setattr(module, name, MemberDropout(child.p, channels=type(child) is nn.Dropout2d))
     return model
 
 

@@ -7,6 +7,9 @@ Runs are driven through `MlflowClient` with explicit run ids rather than MLflow'
 Metrics are logged once per epoch in one batch call, never per batch. A trial's run buffers
 its metrics, params and tags and writes them in one call at most every FLUSH_INTERVAL_S
 seconds and when it ends: a store write costs about as much as a small trial's epoch.
+A trial's run ends before Optuna is told the trial's state (never on a background thread):
+a process killed in between would otherwise leave a trial COMPLETE in Optuna whose run
+never ended in MLflow, with its metrics unwritten.
 """
 
 from __future__ import annotations
@@ -300,7 +303,9 @@ class Run:
         self.run_id = run_id
         self.buffered = buffered
         self.pending: dict[str, list] = {"metrics": [], "params": [], "tags": []}
-        self.written_at = -math.inf  # the first values are written at once: the UI shows the run started
+        # A buffered run's first values wait like the rest (create_run already shows it
+        # RUNNING in the UI): a trial shorter than FLUSH_INTERVAL_S writes once, at its end.
+        self.written_at = time.monotonic() if buffered else -math.inf
 
     def _log(self, kind: str, entries: list) -> None:
         self.pending[kind].extend(entries)

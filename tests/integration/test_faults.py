@@ -158,8 +158,9 @@ def test_kill_mid_study_then_rerun(template: Path, tmp_path: Path, mlflow_store:
 def test_nan_loss_fails_the_trial_with_its_reason(
     template: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first trial trains on infinite inputs: a real NaN loss in the real loop."""
-    root = copy_project(template, tmp_path)
+    """The first trial trains on infinite inputs: a real NaN loss in the real loop (trials
+    one at a time; a fused member's divergence is tests/unit/test_fused.py's)."""
+    root = copy_project(template, tmp_path, tune={"fuse": "off"})
     real_fit, calls = tuning_trials.fit, []
 
     def fit_poisoning_the_first_trial(model, train, val, hparams, options, on_epoch_end=None):
@@ -190,7 +191,7 @@ def test_cuda_out_of_memory_fails_the_trial_and_frees_its_memory(
 ) -> None:
     """On the CPU: the first trial raises torch.cuda.OutOfMemoryError holding its model. By
     the next trial that model is gone and the CUDA cache was emptied once."""
-    root = copy_project(template, tmp_path)
+    root = copy_project(template, tmp_path, tune={"fuse": "off"})
     real_fit, models, alive_at_next_trial = tuning_trials.fit, [], []
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -216,14 +217,43 @@ def test_cuda_out_of_memory_fails_the_trial_and_frees_its_memory(
     assert run.info.status == "FAILED" and "OutOfMemoryError" in run.data.tags["modelyard.fail_reason"]
 
 
+def test_a_fused_batch_that_runs_out_of_memory_fails_its_trials_and_the_study_goes_on(
+    template: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials asked together train as one stacked model; when that model raises, each of
+    its trials fails with the reason, its run ends FAILED, and later batches train."""
+    from modelyard import fused
+
+    root = copy_project(template, tmp_path, tune={"fuse": 2, "n_trials": 4})
+    real_fit_fused, calls = fused.fit_fused, []
+
+    def fit_fused_out_of_memory_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_fit_fused(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "fit_fused", fit_fused_out_of_memory_once)
+    STAGES["tune"](context(root))
+
+    study = study_of(root)
+    assert [t.state for t in study.trials[:2]] == [TrialState.FAIL] * 2  # the first batch, fused
+    assert all(t.user_attrs["fail_reason"].startswith("OutOfMemoryError") for t in study.trials[:2])
+    assert len([t for t in study.trials if t.state in FINISHED]) == 4 and len(calls) >= 2
+    children = child_runs(MlflowClient(), study.study_name)
+    for number in (0, 1):
+        (run,) = children[number]
+        assert run.info.status == "FAILED" and "OutOfMemoryError" in run.data.tags["modelyard.fail_reason"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_real_cuda_out_of_memory_returns_gpu_memory(
     template: Path, tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A trial that holds 1 GiB on the GPU and then asks for far too much: after it, the
-    allocated and reserved GPU memory are back where they were before it."""
-    root = copy_project(template, tmp_path)
+    allocated and reserved GPU memory are back where they were before it (trials one at a time)."""
+    root = copy_project(template, tmp_path, tune={"fuse": "off"})
     real_fit, levels = tuning_trials.fit, []
 
     def fit_exhausting_the_gpu(model, train, val, hparams, options, on_epoch_end=None):

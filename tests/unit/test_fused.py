@@ -78,8 +78,8 @@ def test_only_networks_of_one_shape_and_recipe_fuse() -> None:
     assert fusion_key(network(mlp(batch_size=32, dropout=0.1)), mlp(batch_size=32, dropout=0.1)) != same
     linear = mlp(n_layers=0)
     assert fusion_key(network(linear), linear) is None  # solved exactly by L-BFGS
-    normed = mlp(batch_norm=True)
-    assert fusion_key(network(normed), normed) is None
+    sgd = mlp(optimizer="sgd")
+    assert fusion_key(network(sgd), sgd) is None  # the fused step is AdamW's
     assert fusable_groups([same, None, same, "other"]) == [[0, 2], [3], [1]]
 
 
@@ -91,3 +91,29 @@ def test_numeric_embeddings_fuse(embedding: str) -> None:
     assert fusion_key(models[0], hparams[0]) == fusion_key(models[1], hparams[1])
     outcome = fit_fused(models, train, val, hparams, OPTIONS, [None, None])
     assert all(result.best_metrics["val_accuracy"] > 0.6 for result in outcome)
+
+
+def test_a_fused_cnn_with_batch_norm_learns_as_it_would_alone() -> None:
+    """Each member's batch-norm statistics are its own, stacked like its weights."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(160, 1, 8, 8)).astype("float32")
+    y = (x[:, 0, :4].mean(axis=(1, 2)) > x[:, 0, 4:].mean(axis=(1, 2))).astype("int64")
+    train, val = (x[:120], y[:120]), (x[120:], y[120:])
+    options = FitOptions(problem="multiclass", monitor="val_accuracy", max_epochs=3, patience=100, seed=0)
+    hparams = [
+        Hyperparams(n_blocks=2, filters=4, dense_units=8, batch_size=32, lr=lr, dropout=0.0) for lr in (1e-3, 1e-2)
+    ]
+
+    def cnn(h: Hyperparams) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_model("cnn", (1, 8, 8), 2, h)
+
+    alone = [fit(cnn(h), train, val, h, options) for h in hparams]
+    models = [cnn(h) for h in hparams]
+    assert fusion_key(models[0], hparams[0]) == fusion_key(models[1], hparams[1])
+    fused = fit_fused(models, train, val, hparams, options, [None, None])
+    for one, member, model in zip(alone, fused, models, strict=True):
+        np.testing.assert_allclose(
+            [m["val_loss"] for m in member.history], [m["val_loss"] for m in one.history], rtol=1e-4
+        )
+        assert model.features[0][1].num_batches_tracked.item() > 0  # its running statistics came back

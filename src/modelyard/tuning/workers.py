@@ -44,6 +44,7 @@ from modelyard.tuning.trials import (
 
 # Trials fused per worker with `tune.fuse: auto`, by device type (see `fusion_width`).
 FUSE_AUTO = {"cpu": 4, "cuda": 8}
+FUSED_FAMILIES = ("ann", "cnn")
 
 QUIET_LOGGERS = ("alembic", "mlflow", "optuna", "urllib3", "git")
 
@@ -89,9 +90,10 @@ def fusion_width(task: TaskSettings, device: str) -> int:
     """How many trials a worker asks for at once (`tune.fuse`): a number as given, 1 for
     `off`, and for `auto` FUSE_AUTO of the device. Always 1 when the space is enumerated
     (each configuration once: nothing is drawn to fill a batch) or the family has nothing
-    `fused.fusion_key` accepts (only the tabular MLP fuses)."""
+    `fused.fusion_key` accepts (the tabular MLP and the image CNN fuse; the sequence and
+    text networks do not)."""
     fuse = task.tune.fuse
-    if fuse == "off" or task.family != "ann" or space_size(task.tune.search_space) <= task.tune.n_trials:
+    if fuse == "off" or task.family not in FUSED_FAMILIES or space_size(task.tune.search_space) <= task.tune.n_trials:
         return 1
     if fuse == "auto":
         return FUSE_AUTO[resolve_device(device).type]
