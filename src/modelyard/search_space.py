@@ -19,6 +19,7 @@ import numpy as np
 from modelyard.config import (
     Distribution,
     Hyperparams,
+    Problem,
     TaskSettings,
     hparam_kind,
     metric_samples,
@@ -101,9 +102,13 @@ DEFAULT_ARCHS = {"sequence": ("fcn", "resnet")}
 # first. As a first trial it is never pruned (the median pruner judges no start-up trial),
 # so every study holds it, and on small data the one-standard-error rule picks it when no
 # deeper network is clearly better. It is solved exactly (`training.solve_convex`) with the
-# L2 strength of scikit-learn's defaults (LogisticRegression C=1, near Ridge alpha=1): a
-# weight decay of 1 / training rows. Later trials that draw depth 0 search that strength.
+# L2 strength of scikit-learn's defaults: LogisticRegression(C=1) minimises the summed log
+# loss + ||w||^2 / 2, which is the mean log loss + (1 / rows) / 2 * ||w||^2, a weight decay
+# of 1 / rows; Ridge(alpha=1) minimises the summed squared error + ||w||^2, the mean squared
+# error + (2 / rows) / 2 * ||w||^2, a weight decay of 2 / rows. Later trials that draw
+# depth 0 search that strength.
 BASELINE_TRIAL: dict[str, object] = {"n_layers": 0, "numeric_embedding": "none", "dropout": 0.0}
+BASELINE_L2 = {"binary": 1.0, "multiclass": 1.0, "regression": 2.0}  # weight decay x training rows
 
 
 def contains(dist: Distribution, value: object) -> bool:
@@ -111,10 +116,10 @@ def contains(dist: Distribution, value: object) -> bool:
     return value in dist.choices if dist.choices is not None else dist.low <= value <= dist.high  # type: ignore[operator]
 
 
-def baseline_params(space: dict[str, Distribution], n_train: int) -> dict[str, object]:
-    """The searched hyperparameters of BASELINE_TRIAL, its weight decay 1 / `n_train` (within
-    the searched range), or nothing when the space cannot draw a linear model (the depth is
-    fixed or excludes 0)."""
+def baseline_params(space: dict[str, Distribution], n_train: int, problem: Problem) -> dict[str, object]:
+    """The searched hyperparameters of BASELINE_TRIAL, its weight decay scikit-learn's
+    default strength for `n_train` rows (BASELINE_L2, within the searched range), or nothing
+    when the space cannot draw a linear model (the depth is fixed or excludes 0)."""
     if "n_layers" not in space or not contains(space["n_layers"], 0):
         return {}
     params = {name: value for name, value in BASELINE_TRIAL.items() if name in space and contains(space[name], value)}
@@ -122,7 +127,7 @@ def baseline_params(space: dict[str, Distribution], n_train: int) -> dict[str, o
         params["lr"] = space["lr"].high
     decay = space.get("weight_decay")
     if decay is not None and decay.choices is None:
-        params["weight_decay"] = min(max(1.0 / max(1, n_train), decay.low), decay.high)
+        params["weight_decay"] = min(max(BASELINE_L2[problem] / max(1, n_train), decay.low), decay.high)
     return params
 
 

@@ -298,7 +298,7 @@ def _selected_trial(ctx: Context, task: TaskSettings, arrays, size, result, chec
         return score(network, samples, best.hparams, options)[task.monitor]
 
     error = standard_error(metric_of, val, ctx.settings.seed)
-    baseline = baseline_params(task.tune.search_space, len(arrays["x_train"])).items()
+    baseline = baseline_params(task.tune.search_space, len(arrays["x_train"]), task.problem).items()
     candidates = [
         Candidate(number, value, hparams_of(params), bool(baseline) and all(params.get(k) == v for k, v in baseline))
         for number, value, params in result.complete
@@ -598,14 +598,21 @@ def _final_model(
 
 def _refit_on_all_rows(ctx: Context, arrays, size, hparams: Hyperparams, options, final: FinalModel) -> FinalModel:
     """A linear model solved exactly (`training.solve_convex`) stops on no validation rows,
-    so its final model is one solve on train + validation at the chosen weight decay, as
+    so its final model is one solve on train + validation at the chosen L2 strength, as
     scikit-learn's RidgeCV refits once the alpha is chosen; the members that held rows out
     keep giving the validation figures and the decision threshold. On Carseats' 320 rows,
     three cross-fitted members of 256 rows each were 0.6 % and 0.9 % above ridge's rmse on
-    two of three splits (0.4 % below it on the third); the refit matches ridge."""
+    two of three splits (0.4 % below it on the third); the refit matches ridge.
+
+    The strength is kept as scikit-learn keeps alpha or C when it refits: on the summed
+    loss. The weight decay, a penalty on the mean loss, is scaled by training rows / all
+    rows, so the baseline trial's (BASELINE_L2 / training rows) becomes exactly
+    LogisticRegression(C=1) or Ridge(alpha=1) on train + validation."""
     from modelyard.training import fit
 
     rows = tuple(np.concatenate([arrays[f"{part}_train"], arrays[f"{part}_val"]]) for part in ("x", "y"))
+    decay = hparams.weight_decay * len(arrays["x_train"]) / len(rows[0])
+    hparams = hparams.model_copy(update={"weight_decay": decay})
     network = _network(arrays, size, ctx.task, hparams)
     result = fit(network, rows, (arrays["x_val"], arrays["y_val"]), hparams, options)
     say(f"train {ctx.task_name}: the linear model refitted on all {len(rows[0])} training and validation samples")

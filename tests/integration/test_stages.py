@@ -394,8 +394,10 @@ def test_a_linear_model_is_refitted_on_all_labelled_rows_as_logistic_regression(
     with np.load(ctx.paths.features) as arrays:
         x = np.concatenate([arrays["x_train"], arrays["x_val"]])
         y = np.concatenate([arrays["y_train"], arrays["y_val"]])
-    # mean log-loss + 0.01 / 2 * ||w||^2 is scikit-learn's objective with C = 1 / (n * 0.01)
-    reference = LogisticRegression(C=1 / (len(x) * 0.01), tol=1e-8, max_iter=10_000).fit(x, y)
+        n_train = len(arrays["x_train"])
+    # a weight decay of 0.01 on the training rows' mean log-loss is scikit-learn's
+    # C = 1 / (n_train * 0.01); the refit on all rows keeps that C, as scikit-learn does
+    reference = LogisticRegression(C=1 / (n_train * 0.01), tol=1e-8, max_iter=10_000).fit(x, y)
     network = ModelBundle.load(ctx.paths.model_dir).network
     np.testing.assert_allclose(predict(network, x, "binary"), reference.predict_proba(x)[:, 1], atol=2e-3)
 

@@ -91,12 +91,15 @@ def test_space_size_counts_configurations() -> None:
 def test_an_mlp_study_starts_with_a_linear_model_when_its_space_holds_one() -> None:
     space = effective_space(task(model={}, tune={"n_trials": 20}), n_train=640)
     linear = {"n_layers": 0, "numeric_embedding": "none", "dropout": 0.0, "lr": space["lr"].high}
-    # scikit-learn's default L2 strength: weight decay 1 / rows, within the searched range
-    assert baseline_params(space, 640) == {**linear, "weight_decay": 1 / 640}
-    assert baseline_params(space, 10**7)["weight_decay"] == space["weight_decay"].low
+    # scikit-learn's default L2 strengths (LogisticRegression C=1, Ridge alpha=1) as a weight
+    # decay on the mean loss, within the searched range
+    assert baseline_params(space, 640, "binary") == {**linear, "weight_decay": 1 / 640}
+    assert baseline_params(space, 640, "regression")["weight_decay"] == 2 / 640
+    assert baseline_params(space, 10**7, "binary")["weight_decay"] == space["weight_decay"].low
     deep = {**space, "n_layers": Distribution(low=1, high=3)}
-    assert baseline_params(deep, 640) == {}  # the user's space has no linear model in it
-    assert baseline_params(effective_space(task(), n_train=640), 640) == {}  # the toy task fixes the layers
+    assert baseline_params(deep, 640, "binary") == {}  # the user's space has no linear model in it
+    toy = effective_space(task(), n_train=640)
+    assert baseline_params(toy, 640, "binary") == {}  # the toy task fixes the layers
 
 
 def test_sequences_compare_fcn_and_resnet_unless_the_task_picks_one() -> None:

@@ -173,7 +173,7 @@ def run_study(
     fail_stale_trials(study, storage, client, experiment)
     if not study.get_trials(deepcopy=False):  # a new study: the champion's trial, then the baseline
         champion = warm_start_params(warm_start, settings.search_space) if warm_start is not None else {}
-        for start in (champion, baseline_params(settings.search_space, len(arrays.x_train))):
+        for start in (champion, baseline_params(settings.search_space, len(arrays.x_train), task.problem)):
             if start:
                 study.enqueue_trial(start)
     params = {
