@@ -106,15 +106,19 @@ def ask_together(study: optuna.Study, runner: TrialRunner, count: int) -> list[t
     The first is drawn as any trial is. When its network can fuse, the others take its
     structure (every drawn hyperparameter but `fused.MEMBER_HPARAMS`: depth, width, batch
     size, embedding) through `study.enqueue_trial`, and the sampler draws their learning
-    rate, weight decay, dropout and frequency scale. Trials another worker enqueued, or a
-    warm start, may come out of the queue instead; those that cannot fuse train alone.
+    rate, weight decay, dropout and frequency scale. A first trial that comes out of the
+    queue (the baseline, a warm start, another worker's follower) takes no followers: it
+    is one chosen configuration, not a region to search. Trials another worker enqueued
+    may come out of the queue as followers; those that cannot fuse train alone.
     """
     from modelyard.fused import MEMBER_HPARAMS, fusion_key
 
+    queued = bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     leader = study.ask()
     asked = [(leader, runner.start(leader))]
     first = asked[0][1]
-    if count > 1 and isinstance(first, Started) and first.error is None and fusion_key(first.model, first.hparams):
+    drawn = count > 1 and not queued and isinstance(first, Started) and first.error is None
+    if drawn and fusion_key(first.model, first.hparams) is not None:
         structure = {name: value for name, value in leader.params.items() if name not in MEMBER_HPARAMS}
         for _ in range(count - 1):
             study.enqueue_trial(structure, skip_if_exists=False)
