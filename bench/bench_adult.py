@@ -6,6 +6,7 @@ modelyard's `tune` stage. Then modelyard trains its final model and scores it on
 
     python bench/bench_adult.py --trials 12 --epochs 12
     python bench/bench_adult.py --no-peer --set tasks.adult.metric=loss --json bench/results/loss.json
+    python bench/bench_adult.py --no-peer --untracked   # the tune stage with and without MLflow
 """
 
 from __future__ import annotations
@@ -131,8 +132,43 @@ def tracking_timer() -> Iterator[dict[str, float]]:
             setattr(owner, name, real)
 
 
-def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, workers: int) -> dict[str, Any]:
-    """All stages up to evaluate in a throwaway project; only `tune` (and train + evaluate) are timed."""
+@contextmanager
+def untracked() -> Iterator[None]:
+    """The tune stage with no MLflow at all: every `TRACKING_CALLS` entry does nothing (a run
+    is an id), and the study's figures, drawn only for MLflow, are not drawn."""
+    import uuid
+
+    from modelyard import tracking
+    from modelyard.tuning import study
+
+    def start_run(*args: Any, **kwargs: Any) -> Any:
+        return tracking.Run(None, uuid.uuid4().hex, kwargs.get("buffered", False))
+
+    stubs: dict[tuple[Any, str], Any] = {(tracking.Run, name): (lambda *a, **k: None) for name in TRACKING_CALLS["Run"]}
+    stubs[(tracking.Run, "logged_params")] = lambda *a, **k: {}
+    stubs.update({(tracking, name): (lambda *a, **k: None) for name in TRACKING_CALLS["module"]})
+    stubs[(tracking, "experiment_id")] = lambda *a, **k: "0"
+    stubs[(tracking, "close_dead_runs")] = lambda *a, **k: []
+    stubs[(tracking, "lineage_tags")] = lambda *a, **k: {}
+    stubs[(tracking, "dataset_inputs")] = lambda *a, **k: []
+    stubs[(tracking, "start_run")] = start_run
+    stubs[(tracking, "resume")] = lambda run: run
+    stubs[(study, "study_figures")] = lambda *a, **k: {}
+    originals = {key: getattr(*key) for key in stubs}
+    for (owner, name), stub in stubs.items():
+        setattr(owner, name, stub)
+    try:
+        yield
+    finally:
+        for (owner, name), real in originals.items():
+            setattr(owner, name, real)
+
+
+def run_modelyard(
+    params: dict[str, Any], workdir: Path, threads: int | None, workers: int, tracked: bool = True
+) -> dict[str, Any]:
+    """All stages up to evaluate in a throwaway project; only `tune` (and train + evaluate) are
+    timed. Not `tracked`: tune alone, with no MLflow (`untracked`)."""
     import torch
 
     from modelyard import stages, tracking
@@ -140,7 +176,7 @@ def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, wo
     from modelyard.files import read_json
 
     root = workdir / "project"
-    root.mkdir()
+    root.mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'modelyard.db'}"
@@ -153,8 +189,13 @@ def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, wo
     tracking.experiment_id(tracking.connect(root), root, TASK)
     import modelyard.tuning.study  # noqa: F401
 
+    if not tracked:
+        with untracked():
+            start = time.perf_counter()
+            stages.tune(ctx, **({"workers": workers} if workers > 1 else {}))
+            return {"tune_wall_s": time.perf_counter() - start, "trials": read_json(ctx.paths.best_params)["trials"]}
     start = time.perf_counter()
-    with tracking_timer() as tracked:  # measures this process only: with workers > 1, their calls are not in it
+    with tracking_timer() as timed:  # measures this process only: with workers > 1, their calls are not in it
         stages.tune(ctx, **({"workers": workers} if workers > 1 else {}))
     tune_wall = time.perf_counter() - start
     start = time.perf_counter()
@@ -172,9 +213,9 @@ def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, wo
         "final_best_epoch": read_json(ctx.paths.train_summary)["best_epoch"],
         "trials": best["trials"],
         "best_hparams": best["hparams"],
-        "tracking_s": tracked["seconds"],
-        "tracking_calls": tracked["calls"],
-        "tracking_by_call": dict(sorted(tracked["by_call"].items(), key=lambda item: -item[1])),
+        "tracking_s": timed["seconds"],
+        "tracking_calls": timed["calls"],
+        "tracking_by_call": dict(sorted(timed["by_call"].items(), key=lambda item: -item[1])),
         "torch_threads": torch.get_num_threads(),
         "workers": workers,
     }
@@ -183,6 +224,8 @@ def run_modelyard(params: dict[str, Any], workdir: Path, threads: int | None, wo
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     print(f"{'':10} {'best_val_acc':>12} {'test_acc':>9} {'tune_wall_s':>12} {'s/trial':>8}")
     for name, r in results.items():
+        if name.startswith("untracked"):
+            continue  # tune only: see the overhead line below
         accuracy = f"{r['best_val_acc']:12.4f} {r['test_acc']:9.4f}"
         print(f"{name:10} {accuracy} {r['tune_wall_s']:12.1f} {r['s_per_trial']:8.2f}")
     ours = results["modelyard"]
@@ -194,6 +237,14 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
             f"modelyard tracking (MLflow calls and run bookkeeping during tune): {ours['tracking_s']:.2f} s "
             f"in {ours['tracking_calls']} calls, {share:.1%} of the tune wall time; by call: "
             + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in ours["tracking_by_call"].items())
+        )
+    if "untracked" in results:
+        bare = results["untracked"]
+        overhead = ours["tune_wall_s"] - bare["tune_wall_s"]
+        print(
+            f"modelyard tune with MLflow {ours['tune_wall_s']:.1f} s, with no MLflow {bare['tune_wall_s']:.1f} s "
+            f"(before it {results['untracked_first']['tune_wall_s']:.1f} s, the process's first tune; trials "
+            f"{bare['trials']}): tracking overhead {overhead:.2f} s, {overhead / ours['tune_wall_s']:.1%}"
         )
     if "peer" in results:
         peer = results["peer"]
@@ -218,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for modelyard (default: torch's own)")
     parser.add_argument("--workers", type=int, default=1, help="modelyard tuning worker processes (default 1)")
     parser.add_argument("--no-peer", action="store_true", help="run modelyard only")
+    parser.add_argument(
+        "--untracked",
+        action="store_true",
+        help="then run modelyard's tune again with no MLflow at all, and print the tracking overhead",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -231,8 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_peer:
             results["peer"] = run_peer(args.trials, args.epochs, Path(tmp))
             loads["after_peer"] = load()
+        if args.untracked:  # first once untimed-in-effect: it warms what any first tune in a process pays
+            results["untracked_first"] = run_modelyard(params, Path(tmp) / "a", args.threads, args.workers, False)
         results["modelyard"] = run_modelyard(params, Path(tmp), args.threads, args.workers)
         loads["after_modelyard"] = load()
+        if args.untracked:
+            results["untracked"] = run_modelyard(params, Path(tmp) / "b", args.threads, args.workers, False)
+            loads["after_untracked"] = load()
     print(f"trials={args.trials} epochs={args.epochs} seed={args.seed} overrides={args.overrides or 'none'}")
     print_table(results)
     print("load average (1/5/15 min): " + ", ".join(f"{k} {v}" for k, v in loads.items()))

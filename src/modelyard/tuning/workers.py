@@ -42,8 +42,13 @@ from modelyard.tuning.trials import (
     trial_target,
 )
 
-# Trials fused per worker with `tune.fuse: auto`, by device type (see `fusion_width`).
-FUSE_AUTO = {"cpu": 4, "cuda": 8}
+# Trials fused per worker with `tune.fuse: auto`, by device type (see `fusion_width`). On 2
+# CPU cores a stacked step of K small networks costs nearly K single steps, and a batch's
+# members are judged by the median pruner only against trials completed before the batch:
+# on the eight quality-benchmark tables (one seed, the two arms side by side) fusing 4 at a
+# time spent about the same tune time as one at a time (bench/README.md, "Trial fusion").
+# On a GPU a small network's step is nearly all fixed cost, which K members share.
+FUSE_AUTO = {"cpu": 1, "cuda": 8}
 FUSED_FAMILIES = ("ann", "cnn")
 
 QUIET_LOGGERS = ("alembic", "mlflow", "optuna", "urllib3", "git")
