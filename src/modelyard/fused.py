@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -194,6 +195,33 @@ class _Stack:
         self.members = [self.members[row] for row in rows]
 
 
+@dataclass
+class _Member:
+    """One member's early-stopping state, as `training.fit` keeps it for a lone network."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    last_gain: int = 0  # the last epoch that improved the monitored value or the validation loss
+    best_loss: float = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def record(self, epoch: int, metrics: dict[str, float], selection: str, state: Callable[[], dict]) -> None:
+        """Add an epoch's metrics; keep the weights (`state()`) when it is the best so far."""
+        self.history.append(metrics)
+        if improves(metrics, self.history[self.best_epoch] if self.best_epoch >= 0 else None, selection):
+            self.best_epoch = self.last_gain = epoch
+            self.best_state = state()
+        if metrics["val_loss"] < self.best_loss:
+            self.best_loss, self.last_gain = metrics["val_loss"], epoch
+
+    def result(self, model: nn.Module) -> FitResult:
+        """The best epoch's weights loaded into `model`, and the history."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        model.eval()
+        return FitResult(self.best_epoch + 1, self.history[self.best_epoch], self.history)
+
+
 def fit_fused(
     models: list[nn.Module],
     train: tuple[np.ndarray, np.ndarray],
@@ -233,21 +261,8 @@ def fit_fused(
     selection = options.selection(val[1])
     warm_up_end = math.ceil(max_epochs * options.warmup) if options.schedule == "cosine" else 0
     eval_step = eval_batch(tuple(x_val.shape))
-
-    k = len(models)
-    histories: list[list[dict[str, float]]] = [[] for _ in range(k)]
-    best_epoch, last_gain = [-1] * k, [0] * k
-    best_loss = [math.inf] * k
-    best_state: list[dict[str, torch.Tensor] | None] = [None] * k
-    outcome: list[FitResult | Exception | None] = [None] * k
-
-    def finish(member: int) -> FitResult:
-        model = models[member]
-        if best_state[member] is not None:
-            model.load_state_dict(best_state[member])
-        model.eval()
-        history = histories[member]
-        return FitResult(best_epoch=best_epoch[member] + 1, best_metrics=history[best_epoch[member]], history=history)
+    members = [_Member() for _ in models]
+    outcome: list[FitResult | Exception | None] = [None] * len(models)
 
     for epoch in range(max_epochs):
         stack.train()
@@ -256,9 +271,8 @@ def fit_fused(
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
             inputs = x_train[index] if augment is None else augment(x_train[index], generator)
-            outputs = stack(inputs)
             target = y_train[index]
-            losses = torch.stack([loss_fn(_output(out, options.problem), target) for out in outputs])
+            losses = torch.stack([loss_fn(_output(out, options.problem), target) for out in stack(inputs)])
             losses.sum().backward()
             stack.step(factor(stack.steps), options.grad_clip)
             loss_sums += losses.detach() * len(index)
@@ -267,9 +281,10 @@ def fit_fused(
         with torch.no_grad():
             outputs = torch.cat([stack(x_val[s : s + eval_step]) for s in range(0, len(x_val), eval_step)], dim=1)
         rows = []
-        for row, member in enumerate(stack.members):
+        for row, number in enumerate(stack.members):
+            member = members[number]
             if not math.isfinite(train_losses[row]):
-                outcome[member] = TrainingDiverged(
+                outcome[number] = TrainingDiverged(
                     f"training loss became {train_losses[row]} at epoch {epoch + 1}; lower the learning rate"
                 )
                 continue
@@ -279,31 +294,24 @@ def fit_fused(
                     lambda s, out=outputs[row]: out[s : s + eval_step], len(x_val), eval_step, y_val, loss_fn, options
                 )
             )
-            history = histories[member]
-            history.append(metrics)
-            if improves(metrics, history[best_epoch[member]] if best_epoch[member] >= 0 else None, selection):
-                best_epoch[member] = last_gain[member] = epoch
-                best_state[member] = stack.state_of(row)
-            if metrics["val_loss"] < best_loss[member]:
-                best_loss[member], last_gain[member] = metrics["val_loss"], epoch
-            callback = callbacks[member]
+            member.record(epoch, metrics, selection, lambda row=row: stack.state_of(row))
             try:
-                if callback is not None:
-                    callback(epoch + 1, metrics)
+                if callbacks[number] is not None:
+                    callbacks[number](epoch + 1, metrics)
             except Exception as exc:  # the trial's own end (pruned, or an error of its logging)
-                outcome[member] = exc
+                outcome[number] = exc
                 continue
-            if epoch - max(last_gain[member], warm_up_end) >= patience and epoch + 1 >= options.min_epochs:
-                outcome[member] = finish(member)
+            if epoch - max(member.last_gain, warm_up_end) >= patience and epoch + 1 >= options.min_epochs:
+                outcome[number] = member.result(models[number])
                 continue
             rows.append(row)
         if not rows:
             break
         if len(rows) < len(stack.members):
             stack.keep(rows)
-    for member in stack.members:
-        if outcome[member] is None:
-            outcome[member] = finish(member)
+    for number in stack.members:
+        if outcome[number] is None:
+            outcome[number] = members[number].result(models[number])
     return [result for result in outcome if result is not None]
 
 
