@@ -130,6 +130,25 @@ def trials_and_runs(study: optuna.Study, client: MlflowClient) -> list:
     return trials
 
 
+def test_a_fused_study_on_postgres_records_every_trial_once(
+    template: Path, tmp_path: Path, optuna_db: str, mlflow_db: str, capfd: pytest.CaptureFixture
+) -> None:
+    """Trials asked two at a time (`tune.fuse: 2`) through Optuna's RDB storage: enqueued
+    followers, ask and tell, and the heartbeat of asked trials all go through PostgreSQL."""
+    root = copy_project(template, tmp_path, tune={"n_trials": 4, "max_epochs": 3, "fuse": 2})
+    storage_url = pg_url(optuna_db, OPTUNA_PASSWORD)
+    code = main(["tune", "--task", "toy", "--params", str(root / "params.yaml"), "--storage", storage_url])
+    output = capfd.readouterr()
+    assert code == 0, output.err
+    assert "Traceback" not in output.err  # nor from the heartbeat thread
+    study = study_of(root, tuning_storage.open_storage(storage_url, tmp_path / "unused"))
+    trials = trials_and_runs(study, MlflowClient())
+    assert len([t for t in trials if t.state in FINISHED]) == 4
+    # trials 0 and 1 were asked together: 1 took 0's structure (its batch size), and its own rate
+    assert trials[1].params["batch_size"] == trials[0].params["batch_size"]
+    assert trials[1].params["lr"] != trials[0].params["lr"]
+
+
 def test_three_workers_record_every_trial_once(
     template: Path, tmp_path: Path, optuna_db: str, mlflow_db: str, capfd: pytest.CaptureFixture
 ) -> None:
