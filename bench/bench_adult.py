@@ -86,7 +86,10 @@ def best_val_accuracy(ctx: Any, best: dict[str, Any]) -> float:
 # What the tune stage calls in `tracking`: every MLflow call, and the lineage and dataset
 # bookkeeping (git commit, file hashes) that goes with the runs.
 TRACKING_CALLS = {
-    "Run": ("log_params", "log_metrics", "log_inputs", "log_figure", "log_dict", "set_tags", "finish", "logged_params"),
+    "Run": (
+        *("log_params", "log_metrics", "log_steps", "log_inputs", "log_dict", "set_tags", "finish"),
+        *("logged_params", "logged_steps"),
+    ),
     "module": (
         *("connect", "experiment_id", "close_dead_runs", "lineage_tags", "dataset_inputs"),
         *("start_run", "find_run", "resume"),
@@ -135,7 +138,8 @@ def tracking_timer() -> Iterator[dict[str, float]]:
 @contextmanager
 def untracked() -> Iterator[None]:
     """The tune stage with no MLflow at all: every `TRACKING_CALLS` entry does nothing (a run
-    is an id), and the study's figures, drawn only for MLflow, are not drawn."""
+    is an id), and the study's parameter importances, computed only for MLflow, are not
+    computed."""
     import uuid
 
     from modelyard import tracking
@@ -146,6 +150,7 @@ def untracked() -> Iterator[None]:
 
     stubs: dict[tuple[Any, str], Any] = {(tracking.Run, name): (lambda *a, **k: None) for name in TRACKING_CALLS["Run"]}
     stubs[(tracking.Run, "logged_params")] = lambda *a, **k: {}
+    stubs[(tracking.Run, "logged_steps")] = lambda *a, **k: set()
     stubs.update({(tracking, name): (lambda *a, **k: None) for name in TRACKING_CALLS["module"]})
     stubs[(tracking, "experiment_id")] = lambda *a, **k: "0"
     stubs[(tracking, "close_dead_runs")] = lambda *a, **k: []
@@ -153,7 +158,7 @@ def untracked() -> Iterator[None]:
     stubs[(tracking, "dataset_inputs")] = lambda *a, **k: []
     stubs[(tracking, "start_run")] = start_run
     stubs[(tracking, "resume")] = lambda run: run
-    stubs[(study, "study_figures")] = lambda *a, **k: {}
+    stubs[(study, "param_importances")] = lambda *a, **k: {}
     originals = {key: getattr(*key) for key in stubs}
     for (owner, name), stub in stubs.items():
         setattr(owner, name, stub)

@@ -55,12 +55,16 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
             # each stage as `dvc repro` runs it (dvc.yaml's cmd), so its runs record that command as their source
             patch.setattr(sys, "argv", [f"pipeline/{name}.py", "--task", "toy"])
             stage(ctx)
-    experiment = MlflowClient(uri, uri).get_experiment_by_name("toy")
+    client = MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name("toy")
+    (study,) = client.search_runs([experiment.experiment_id], "tags.`modelyard.study` != ''")
     yield Pipeline(
         root=root,
         tracking_uri=uri,
         experiment_id=experiment.experiment_id,
         train_run_id=json.loads(ctx.paths.train_summary.read_text())["run_id"],
+        study_run_id=study.info.run_id,
+        monitor=next(k.removeprefix("best_") for k in study.data.metrics if k.startswith("best_")),
         n_trials=ctx.task.tune.n_trials,
     )
 

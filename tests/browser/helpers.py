@@ -59,6 +59,8 @@ class Pipeline:
     tracking_uri: str
     experiment_id: str
     train_run_id: str
+    study_run_id: str  # the Optuna study's parent run
+    monitor: str  # the validation metric the study ranks trials on, e.g. val_loss
     n_trials: int
 
 

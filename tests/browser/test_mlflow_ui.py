@@ -1,7 +1,8 @@
 """What a user reads in the MLflow UI after a pipeline run: the study and its trials in the
-runs table, the final model's run page (source, datasets, test metrics) and the registered
-model's aliases. Each test waits for the rendered page, not the API behind it, and leaves a
-screenshot of it (see conftest's `page`)."""
+runs table, the study's optimization history, the final model's run page (source,
+datasets, test metrics) and the registered model's aliases. Each test waits for the
+rendered page, not the API behind it, and leaves a screenshot of it (see conftest's
+`page`)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,13 @@ def test_train_run_test_metrics_name_the_logged_model(page: Page, pipeline: Pipe
     open_train_run(page, pipeline)
     cells = [cell.text.strip() for cell in metric_row(page, "test_accuracy")]
     assert cells[2:] == ["toy"], f"test_accuracy is not tied to the logged model toy: {cells}"
+
+
+def test_study_run_page_charts_the_optimization_history(page: Page, pipeline: Pipeline) -> None:
+    page.open(f"/experiments/{pipeline.experiment_id}/runs/{pipeline.study_run_id}/model-metrics")
+    for name in (f"best_{pipeline.monitor}", f"trial_{pipeline.monitor}"):
+        title = page.shown(f"//*[not(*)][{reads(name)}]", f"the chart {name} on the study's Model metrics tab")
+        page.scroll_to(title)
 
 
 def test_registered_model_page_shows_the_champion(page: Page) -> None:

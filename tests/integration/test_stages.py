@@ -172,7 +172,7 @@ def test_final_model_run_has_model_metrics_and_plots(trained) -> None:
 
 def test_runs_read_well_in_the_mlflow_ui(trained) -> None:
     """What the UI shows: the experiment's description and kind, each run's Source, user and
-    Dataset, only the family's hyperparameters, the study's best params and Optuna figures,
+    Dataset, only the family's hyperparameters, the study's best params, history and parameter importances,
     and the logged model named after the task with its validation and test metrics."""
     ctx, client = trained
     experiment = client.get_experiment_by_name("toy")
@@ -195,9 +195,16 @@ def test_runs_read_well_in_the_mlflow_ui(trained) -> None:
         assert "best_epoch" not in run.data.metrics
     best = json.loads(ctx.paths.best_params.read_text())
     assert parent.data.params["best.lr"] == str(best["hparams"]["lr"])
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
-    assert {"optuna/history.png", "optuna/intermediate_values.png", "optuna/parallel_coordinate.png"} <= artifacts
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best_params.json"}
+    # the optimization history, charted by step: one step per completed trial, the best so far never worse
+    key = next(k for k in parent.data.metrics if k.startswith("best_val_"))
+    monitor = key.removeprefix("best_")
+    history = sorted(client.get_metric_history(parent.info.run_id, key), key=lambda m: m.step)
+    values = {m.step: m.value for m in client.get_metric_history(parent.info.run_id, f"trial_{monitor}")}
+    assert len(history) == len(values) >= 2 and [m.step for m in history] == sorted(values)
+    running = min if key == "best_val_loss" else max
+    assert [m.value for m in history] == [running(v for s, v in values.items() if s <= m.step) for m in history]
+    assert parent.data.metrics[key] == pytest.approx(best[monitor])  # the latest step: the study's best
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best_params.json", "param_importances.json"}
     (model,) = client.search_logged_models([experiment.experiment_id])
     assert model.name == "toy"
     linked = {m.key for m in model.metrics}

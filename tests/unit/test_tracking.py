@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,33 @@ def test_more_metrics_than_one_mlflow_batch_holds_are_all_written(client) -> Non
     run = tracking.start_run(client, client.create_experiment("toy"), "train", {})
     run.log_metrics({f"m{i}": float(i) for i in range(tracking.BATCH_LIMITS["metrics"] + 200)})
     assert len(client.get_run(run.run_id).data.metrics) == tracking.BATCH_LIMITS["metrics"] + 200
+
+
+def test_a_resumed_studys_history_adds_only_its_new_trials(client) -> None:
+    """The parent run charts the optimization history by trial; a second command on the same
+    study logs the steps of its new trials once, and the latest best is the study's best."""
+    import optuna
+
+    from modelyard.tuning.study import log_study_summary
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        x, y = trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)
+        return -((x - 0.7) ** 2) + 0.001 * y
+
+    parent = tracking.start_run(client, client.create_experiment("toy"), "study", {})
+    study.optimize(objective, n_trials=6)
+    log_study_summary(parent, study, "val_accuracy")
+    study.optimize(objective, n_trials=6)  # the same study, resumed by a second command
+    log_study_summary(tracking.Run(client, parent.run_id), study, "val_accuracy")
+    assert steps_of(client, parent, "best_val_accuracy") == list(range(12))
+    history = {m.step: m.value for m in client.get_metric_history(parent.run_id, "best_val_accuracy")}
+    assert all(history[step] >= history[step - 1] for step in range(1, 12))
+    assert client.get_run(parent.run_id).data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+    importances = json.loads(Path(client.download_artifacts(parent.run_id, "param_importances.json")).read_text())
+    assert set(importances) == {"x", "y"} and importances["x"] > importances["y"]  # y hardly moves the value
 
 
 def test_a_splits_schema_from_a_sample_is_the_schema_of_all_its_rows(tmp_path: Path) -> None:
