@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Hashable
 
 import numpy as np
 import torch
@@ -42,7 +41,9 @@ from modelyard.features.augment import ImageAugmenter
 from modelyard.models.cnn import CNN
 from modelyard.models.mlp import MLP, PeriodicEmbedding, PiecewiseLinearEmbedding
 from modelyard.training import (
+    EarlyStopping,
     EpochCallback,
+    EpochPlan,
     FitOptions,
     FitResult,
     TrainingDiverged,
@@ -50,13 +51,11 @@ from modelyard.training import (
     as_target,
     criterion,
     eval_batch,
-    improves,
     lr_factor,
     output_metrics,
     resolve_device,
     solves_exactly,
     start_at_prior,
-    steps_per_epoch,
 )
 
 # Hyperparameters that may differ between the members of one fused model.
@@ -195,33 +194,6 @@ class _Stack:
         self.members = [self.members[row] for row in rows]
 
 
-@dataclass
-class _Member:
-    """One member's early-stopping state, as `training.fit` keeps it for a lone network."""
-
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = -1
-    last_gain: int = 0  # the last epoch that improved the monitored value or the validation loss
-    best_loss: float = math.inf
-    best_state: dict[str, torch.Tensor] | None = None
-
-    def record(self, epoch: int, metrics: dict[str, float], selection: str, state: Callable[[], dict]) -> None:
-        """Add an epoch's metrics; keep the weights (`state()`) when it is the best so far."""
-        self.history.append(metrics)
-        if improves(metrics, self.history[self.best_epoch] if self.best_epoch >= 0 else None, selection):
-            self.best_epoch = self.last_gain = epoch
-            self.best_state = state()
-        if metrics["val_loss"] < self.best_loss:
-            self.best_loss, self.last_gain = metrics["val_loss"], epoch
-
-    def result(self, model: nn.Module) -> FitResult:
-        """The best epoch's weights loaded into `model`, and the history."""
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
-        model.eval()
-        return FitResult(self.best_epoch + 1, self.history[self.best_epoch], self.history)
-
-
 def fit_fused(
     models: list[nn.Module],
     train: tuple[np.ndarray, np.ndarray],
@@ -252,23 +224,18 @@ def fit_fused(
     stack = _Stack(models, hparams, device)
     loss_fn = criterion(first, options)
     generator = torch.Generator(device=device).manual_seed(options.seed)
-    n_rows, batch_size = len(x_train), first.batch_size
-    stop = n_rows - 1 if n_rows % batch_size == 1 and n_rows > 1 else n_rows
-    n_steps = steps_per_epoch(n_rows, batch_size)
-    max_epochs = options.epochs_for(n_rows, batch_size)
-    factor = lr_factor(max_epochs * n_steps, options.schedule, options.warmup)
-    patience = max(options.patience, min(math.ceil(options.min_patience_steps / n_steps), max_epochs // 10))
-    selection = options.selection(val[1])
-    warm_up_end = math.ceil(max_epochs * options.warmup) if options.schedule == "cosine" else 0
+    batch_size = first.batch_size
+    plan = EpochPlan.of(len(x_train), batch_size, options)
+    factor = lr_factor(plan.max_epochs * plan.steps, options.schedule, options.warmup)
     eval_step = eval_batch(tuple(x_val.shape))
-    members = [_Member() for _ in models]
+    members = [EarlyStopping(options.selection(val[1])) for _ in models]
     outcome: list[FitResult | Exception | None] = [None] * len(models)
 
-    for epoch in range(max_epochs):
+    for epoch in range(plan.max_epochs):
         stack.train()
-        order = torch.randperm(n_rows, device=device, generator=generator)
+        order = torch.randperm(len(x_train), device=device, generator=generator)
         loss_sums = torch.zeros(len(stack.members), device=device)
-        for start in range(0, stop, batch_size):
+        for start in range(0, plan.rows, batch_size):
             index = order[start : start + batch_size]
             inputs = x_train[index] if augment is None else augment(x_train[index], generator)
             target = y_train[index]
@@ -276,7 +243,7 @@ def fit_fused(
             losses.sum().backward()
             stack.step(factor(stack.steps), options.grad_clip)
             loss_sums += losses.detach() * len(index)
-        train_losses = (loss_sums / stop).tolist()
+        train_losses = (loss_sums / plan.rows).tolist()
         stack.train(False)
         with torch.no_grad():
             outputs = torch.cat([stack(x_val[s : s + eval_step]) for s in range(0, len(x_val), eval_step)], dim=1)
@@ -294,14 +261,14 @@ def fit_fused(
                     lambda s, out=outputs[row]: out[s : s + eval_step], len(x_val), eval_step, y_val, loss_fn, options
                 )
             )
-            member.record(epoch, metrics, selection, lambda row=row: stack.state_of(row))
+            member.record(epoch, metrics, lambda row=row: stack.state_of(row))
             try:
                 if callbacks[number] is not None:
                     callbacks[number](epoch + 1, metrics)
             except Exception as exc:  # the trial's own end (pruned, or an error of its logging)
                 outcome[number] = exc
                 continue
-            if epoch - max(member.last_gain, warm_up_end) >= patience and epoch + 1 >= options.min_epochs:
+            if member.done(epoch, plan, options.min_epochs):
                 outcome[number] = member.result(models[number])
                 continue
             rows.append(row)

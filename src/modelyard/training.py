@@ -179,6 +179,66 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class EpochPlan:
+    """How one network's training run is laid out, from its data size and batch size."""
+
+    rows: int  # rows an epoch trains on: a trailing batch of one row is left out (it breaks batch norm)
+    steps: int  # optimizer steps an epoch
+    max_epochs: int
+    patience: int  # epochs without a gain before training stops
+    warm_up_end: int  # the epoch the learning rate's warm-up ends
+
+    @classmethod
+    def of(cls, n_rows: int, batch_size: int, options: FitOptions) -> EpochPlan:
+        n_steps = steps_per_epoch(n_rows, batch_size)
+        max_epochs = options.epochs_for(n_rows, batch_size)
+        return cls(
+            rows=n_rows - 1 if n_rows % batch_size == 1 and n_rows > 1 else n_rows,
+            steps=n_steps,
+            max_epochs=max_epochs,
+            # The steps floor gives small data (a few steps an epoch) time to move, within a
+            # tenth of the budget: 300 steps at 2 steps an epoch would otherwise wait 150 epochs.
+            patience=max(options.patience, min(math.ceil(options.min_patience_steps / n_steps), max_epochs // 10)),
+            # Patience counts from the end of the warm-up at the latest: its tiny learning
+            # rates barely move a network, so a flat start there is no sign of convergence.
+            warm_up_end=math.ceil(max_epochs * options.warmup) if options.schedule == "cosine" else 0,
+        )
+
+
+@dataclass
+class EarlyStopping:
+    """A network's epochs so far, its best one (on `selection`, ties to the lower val_loss)
+    with its weights, and when to stop: `patience` epochs with neither the monitored value
+    nor the validation loss improving, after at least `min_epochs`."""
+
+    selection: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    last_gain: int = 0  # the last epoch that improved the monitored value or the validation loss
+    best_loss: float = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def record(self, epoch: int, metrics: dict[str, float], state: Callable[[], dict]) -> None:
+        """Add an epoch's metrics (epochs from 0); keep the weights (`state()`) when it is the best so far."""
+        self.history.append(metrics)
+        if improves(metrics, self.history[self.best_epoch] if self.best_epoch >= 0 else None, self.selection):
+            self.best_epoch = self.last_gain = epoch
+            self.best_state = state()
+        if metrics["val_loss"] < self.best_loss:
+            self.best_loss, self.last_gain = metrics["val_loss"], epoch
+
+    def done(self, epoch: int, plan: EpochPlan, min_epochs: int) -> bool:
+        return epoch - max(self.last_gain, plan.warm_up_end) >= plan.patience and epoch + 1 >= min_epochs
+
+    def result(self, model: nn.Module) -> FitResult:
+        """The best epoch's weights loaded into `model`, and the history."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        model.eval()
+        return FitResult(self.best_epoch + 1, self.history[self.best_epoch], self.history)
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` is CUDA when available, else the CPU."""
     if name == "auto":
@@ -280,28 +340,15 @@ def fit(
     autocast, scaler = _autocast(device)
     generator = torch.Generator(device=device).manual_seed(options.seed)
     linear_weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
-    n_rows, batch_size = len(x_train), hparams.batch_size
-    # A trailing batch of one row would break batch norm; it is left out of that epoch.
-    stop = n_rows - 1 if n_rows % batch_size == 1 and n_rows > 1 else n_rows
-    n_steps = steps_per_epoch(n_rows, batch_size)
-    max_epochs = options.epochs_for(n_rows, batch_size)
-    scheduler = make_schedule(optimizer, max_epochs * n_steps, options.schedule, options.warmup)
-    # The steps floor gives small data (a few steps an epoch) time to move, within a tenth
-    # of the budget: 300 steps at 2 steps an epoch would otherwise wait 150 epochs.
-    patience = max(options.patience, min(math.ceil(options.min_patience_steps / n_steps), max_epochs // 10))
-    selection = options.selection(val[1])
-
-    best_epoch, best_state, best_loss = -1, None, math.inf
-    last_gain = 0  # the last epoch that improved the monitored value or the validation loss
-    # Patience counts from the end of the warm-up at the latest: its tiny learning rates
-    # barely move a network, so a flat start there is no sign of convergence.
-    warm_up_end = math.ceil(max_epochs * options.warmup) if options.schedule == "cosine" else 0
-    history: list[dict[str, float]] = []
-    for epoch in range(max_epochs):
+    batch_size = hparams.batch_size
+    plan = EpochPlan.of(len(x_train), batch_size, options)
+    scheduler = make_schedule(optimizer, plan.max_epochs * plan.steps, options.schedule, options.warmup)
+    tracker = EarlyStopping(options.selection(val[1]))
+    for epoch in range(plan.max_epochs):
         model.train()
-        order = torch.randperm(n_rows, device=device, generator=generator)
+        order = torch.randperm(len(x_train), device=device, generator=generator)
         loss_sum = torch.zeros((), device=device)
-        for start in range(0, stop, batch_size):
+        for start in range(0, plan.rows, batch_size):
             index = order[start : start + batch_size]
             inputs = x_train[index] if augment is None else augment(x_train[index], generator)
             with autocast:
@@ -323,26 +370,18 @@ def fit(
                 optimizer.step()
             scheduler.step()
             loss_sum += loss.detach().float() * len(index)
-        metrics = {"train_loss": loss_sum.item() / stop}
+        metrics = {"train_loss": loss_sum.item() / plan.rows}
         if not math.isfinite(metrics["train_loss"]):
             raise TrainingDiverged(
                 f"training loss became {metrics['train_loss']} at epoch {epoch + 1}; lower the learning rate"
             )
         metrics.update(validation_metrics(model, x_val, y_val, loss_fn, options))
-        history.append(metrics)
-        if improves(metrics, history[best_epoch] if best_epoch >= 0 else None, selection):
-            best_epoch, last_gain = epoch, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if metrics["val_loss"] < best_loss:
-            best_loss, last_gain = metrics["val_loss"], epoch
+        tracker.record(epoch, metrics, lambda: {k: v.detach().clone() for k, v in model.state_dict().items()})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)  # epochs are numbered from 1 wherever a user sees them
-        if epoch - max(last_gain, warm_up_end) >= patience and epoch + 1 >= options.min_epochs:
+        if tracker.done(epoch, plan, options.min_epochs):
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return FitResult(best_epoch=best_epoch + 1, best_metrics=history[best_epoch], history=history)
+    return tracker.result(model)
 
 
 # Smooth convex losses: with them, a linear model's training is a convex problem.
