@@ -166,3 +166,27 @@ def test_hyperband_judges_no_trial_before_the_warmup_and_prunes_a_poor_one_after
     # budget); the others cut a poor trial at their first rung, the warm-up's 4 epochs or 12
     assert len(pruned_at) >= len(poor) - 2
     assert set(pruned_at) <= {4, 12}  # none before the warm-up
+
+
+def test_asha_judges_no_trial_before_the_warmup_and_keeps_the_best_third_at_a_rung() -> None:
+    import optuna
+
+    from modelyard.tuning.trials import make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(pruner=make_pruner("asha", warmup_epochs=4, longest=36))
+    for _ in range(3):  # three good trials run to the end of their budget
+        trial = study.ask()
+        for epoch in range(36):
+            trial.report(0.1, epoch)
+            assert not trial.should_prune()
+        study.tell(trial, 0.1)
+    running = [study.ask() for _ in range(2)]  # two still running, judged against each other too
+    pruned_at = {}
+    for number, (trial, value) in enumerate(zip(running, (0.05, 5.0), strict=True)):
+        for epoch in range(36):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                pruned_at[number] = epoch
+                break
+    assert pruned_at == {1: 4}  # the poor one at the first rung, right after the warm-up; the best goes on
