@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from modelyard.cli import main
 from modelyard.config import load_settings
 from modelyard.errors import ModelyardError
+from modelyard.evaluation import lower_is_better
 from modelyard.stages import STAGES, Context
 from modelyard.tracking import file_md5
 from tests.conftest import toy_frame, toy_params
@@ -201,7 +202,7 @@ def test_runs_read_well_in_the_mlflow_ui(trained) -> None:
     history = sorted(client.get_metric_history(parent.info.run_id, key), key=lambda m: m.step)
     values = {m.step: m.value for m in client.get_metric_history(parent.info.run_id, f"trial_{monitor}")}
     assert len(history) == len(values) >= 2 and [m.step for m in history] == sorted(values)
-    running = min if key == "best_val_loss" else max
+    running = min if lower_is_better(monitor) else max
     assert [m.value for m in history] == [running(v for s, v in values.items() if s <= m.step) for m in history]
     assert parent.data.metrics[key] == pytest.approx(best[monitor])  # the latest step: the study's best
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best_params.json", "param_importances.json"}

@@ -80,8 +80,26 @@ def test_a_resumed_studys_history_adds_only_its_new_trials(client) -> None:
     assert set(importances) == {"x", "y"} and importances["x"] > importances["y"]  # y hardly moves the value
 
 
+def test_a_trial_that_finishes_after_a_later_one_still_counts_in_the_latest_best(client) -> None:
+    """Workers side by side: trial 0 finishes after trial 1 was logged; the parent's latest
+    `best_<monitor>` is still the study's best."""
+    import optuna
+
+    from modelyard.tuning.study import log_study_summary
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize")
+    slow, fast = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), study.ask()
+    study.tell(fast, 0.5)
+    parent = tracking.start_run(client, client.create_experiment("toy"), "study", {})
+    log_study_summary(parent, study, "val_loss")
+    study.tell(slow, 0.1)  # the better trial, numbered before the one already logged
+    log_study_summary(tracking.Run(client, parent.run_id), study, "val_loss")
+    assert client.get_run(parent.run_id).data.metrics["best_val_loss"] == pytest.approx(0.1)
+    assert sorted(steps_of(client, parent, "trial_val_loss")) == [0, 1]  # each trial once
+
+
 def test_a_splits_schema_from_a_sample_is_the_schema_of_all_its_rows(tmp_path: Path) -> None:
-    import json
     import warnings
 
     import numpy as np

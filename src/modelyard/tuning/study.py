@@ -99,7 +99,14 @@ def log_study_summary(parent: tracking.Run, study: optuna.Study, monitor: str) -
     parent.log_params({f"best.{k}": v for k, v in best.params.items() if f"best.{k}" not in logged})
     history = study_history(study, monitor)
     logged_steps = parent.logged_steps(f"best_{monitor}")
-    parent.log_steps({step: row for step, row in history.items() if step not in logged_steps})
+    new = {step: row for step, row in history.items() if step not in logged_steps}
+    last = max(history)
+    if new and last not in new:
+        # A trial numbered below the last logged one finished since (another worker's): the
+        # best again at the last step, so that the latest (MLflow's: highest step, then
+        # newest) counts it.
+        new[last] = {f"best_{monitor}": history[last][f"best_{monitor}"]}
+    parent.log_steps(new)
     importances = param_importances(study)
     if importances:
         parent.log_dict(importances, "param_importances.json")
