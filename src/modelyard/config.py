@@ -403,7 +403,7 @@ class TuneSettings(Frozen):
 
     n_trials: int = Field(20, ge=1)
     max_epochs: int | None = Field(None, ge=1)
-    pruner: Literal["median", "asha", "hyperband", "none"] = "median"
+    pruner: Literal["asha", "median", "hyperband", "none"] = "asha"
     # Trials a worker trains at once as one stacked model (`modelyard.fused`): auto picks
     # from the device (`tuning.workers.fusion_width`), off trains one at a time.
     fuse: Literal["auto", "off"] | Annotated[int, Field(ge=1, le=64)] = "auto"

@@ -99,7 +99,7 @@ DEFAULT_ARCHS = {"sequence": ("fcn", "resnet")}
 
 # The linear model (logistic or linear regression over the encoded features) a study of an
 # MLP runs first, when its space holds it: the classic baseline a data scientist tries
-# first. As a first trial it is never pruned (the median pruner judges no start-up trial),
+# first. Solved exactly, it is never pruned (`tuning.trials.TrialRunner.on_epoch_end`),
 # so every study holds it, and on small data the one-standard-error rule picks it when no
 # deeper network is clearly better. It is solved exactly (`training.solve_convex`) with the
 # L2 strength of scikit-learn's defaults: LogisticRegression(C=1) minimises the summed log

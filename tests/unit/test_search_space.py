@@ -190,3 +190,44 @@ def test_asha_judges_no_trial_before_the_warmup_and_keeps_the_best_third_at_a_ru
                 pruned_at[number] = epoch
                 break
     assert pruned_at == {1: 4}  # the poor one at the first rung, right after the warm-up; the best goes on
+
+
+def test_asha_spares_the_exactly_solved_linear_baseline_but_cuts_a_poor_network(tmp_path, mlflow_uri) -> None:
+    """A retraining study runs the champion's configuration, then the linear baseline that
+    selection and the cross-fit compare every network with: ASHA must not cut it at the
+    first rung, however it compares there; a network as poor is cut."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from modelyard import tracking
+    from modelyard.config import Hyperparams
+    from modelyard.models import build_model
+    from modelyard.tuning.trials import Started, TrialRunner, make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(pruner=make_pruner("asha", warmup_epochs=2, longest=18))
+    champion = study.ask()
+    for epoch in range(1, 19):
+        champion.report(0.1, epoch)
+        assert not champion.should_prune()
+    study.tell(champion, 0.1)
+    client = tracking.connect(tmp_path)
+    experiment = client.create_experiment("toy")
+    runner = TrialRunner.__new__(TrialRunner)  # only the monitor of its setup is read here
+    runner.setup = SimpleNamespace(task=SimpleNamespace(monitor="val_loss"))
+    linear = Hyperparams(n_layers=0, dropout=0.0, numeric_embedding="none")
+    network = Hyperparams(n_layers=2, units=16)
+    outcome = {}
+    for name, hparams in (("linear", linear), ("network", network)):
+        trial = study.ask()
+        run = tracking.start_run(client, experiment, name, {}, buffered=True)
+        report = runner.on_epoch_end(Started(trial, hparams, run, build_model("ann", (5,), 1, hparams)))
+        try:
+            for epoch in range(1, 19):
+                report(epoch, {"val_loss": 5.0})  # far worse than the champion at every rung
+            outcome[name] = "ran"
+        except optuna.TrialPruned:
+            outcome[name] = "pruned"
+        run.finish()
+    assert outcome == {"linear": "ran", "network": "pruned"}

@@ -42,6 +42,7 @@ from modelyard.training import (
     epoch_budget,
     fit,
     save_checkpoint,
+    solves_exactly,
 )
 from modelyard.tuning.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, worker_identity
 
@@ -141,9 +142,10 @@ def make_pruner(name: str, warmup_epochs: int, longest: int) -> optuna.pruners.B
     On the eight quality tables ASHA trained 17 % fewer trial epochs than the median
     pruner at the same test scores, and Hyperband 43 % more: with a few dozen trials a
     bracket holds a handful, and its first trials pass for want of rivals (bench/README.md
-    "Pruners"). The median pruner stays the default until ASHA spares the linear baseline:
-    the median pruner never judges a study's first three trials, while ASHA can judge a
-    retraining study's baseline (its second trial) against the champion's at the first rung."""
+    "Pruners"), so it is the default. It judges a trial against every trial that reached
+    the rung, running ones included, so it needs no start-up trials; the linear baseline,
+    which the median pruner spared as a start-up trial, is spared as an exactly solved
+    model (`TrialRunner.on_epoch_end`)."""
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs)
     if name == "asha":
@@ -295,13 +297,17 @@ class TrialRunner:
         return started
 
     def on_epoch_end(self, started: Started) -> Callable[[int, dict[str, float]], None]:
-        """The trial's per-epoch callback: log, report to Optuna, prune."""
+        """The trial's per-epoch callback: log, report to Optuna, prune. A linear model
+        solved exactly is never pruned: its rounds are a solver's iterations, not a network
+        learning, it costs a fraction of one epoch of a network, and selection and the
+        cross-fit compare every network with it (`search_space.BASELINE_TRIAL`)."""
         trial, run, monitor = started.trial, started.run, self.setup.task.monitor
+        prunable = started.model is not None and not solves_exactly(started.model, started.hparams)
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             run.log_metrics(metrics, step=epoch)
             trial.report(metrics[monitor], epoch)
-            if trial.should_prune():
+            if prunable and trial.should_prune():
                 raise optuna.TrialPruned()
 
         return report
