@@ -66,16 +66,41 @@ def run_peer(trials: int, epochs: int, workdir: Path) -> dict[str, float]:
     return {"best_val_acc": best_val, "test_acc": test, "tune_wall_s": wall, "s_per_trial": per_trial}
 
 
+def load_study(ctx: Any, best: dict[str, Any]) -> Any:
+    import optuna
+
+    from modelyard.tuning.storage import open_storage
+
+    return optuna.load_study(study_name=best["study"], storage=open_storage(None, ctx.paths.study_journal))
+
+
+def trial_costs(study: Any) -> list[dict[str, Any]]:
+    """Where the tune time went: each trial's shape, epochs and seconds, slowest first."""
+    rows = []
+    for trial in study.trials:
+        if trial.datetime_complete is None:
+            continue
+        shape = {k: trial.params[k] for k in ("n_layers", "units", "batch_size", "dropout") if k in trial.params}
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": trial.state.name,
+                "epochs": len(trial.intermediate_values),
+                "s": round(seconds, 2),
+            }
+            | {k: round(v, 2) if isinstance(v, float) else v for k, v in shape.items()}
+        )
+    return sorted(rows, key=lambda row: -row["s"])
+
+
 def best_val_accuracy(ctx: Any, best: dict[str, Any]) -> float:
     """Validation accuracy of the best trial at its best epoch (also when tuning monitors val_loss)."""
     if "val_accuracy" in best:
         return float(best["val_accuracy"])
-    import optuna
-
     from modelyard import tracking
-    from modelyard.tuning.storage import open_storage
 
-    study = optuna.load_study(study_name=best["study"], storage=open_storage(None, ctx.paths.study_journal))
+    study = load_study(ctx, best)
     client = tracking.connect(ctx.root)
     run_id = study.trials[best["best_trial"]].user_attrs["mlflow_run_id"]
     best_epoch = int(client.get_run(run_id).data.params["best_epoch"])
@@ -217,6 +242,7 @@ def run_modelyard(
         "train_eval_wall_s": train_wall,
         "final_best_epoch": read_json(ctx.paths.train_summary)["best_epoch"],
         "trials": best["trials"],
+        "trial_costs": trial_costs(load_study(ctx, best)),
         "best_hparams": best["hparams"],
         "tracking_s": timed["seconds"],
         "tracking_calls": timed["calls"],
@@ -236,6 +262,8 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     ours = results["modelyard"]
     print(f"modelyard train+evaluate wall: {ours['train_eval_wall_s']:.1f} s (best epoch {ours['final_best_epoch']})")
     print(f"modelyard trials: {ours['trials']}, torch threads: {ours['torch_threads']}, workers: {ours['workers']}")
+    costs = ("; ".join(f"{k} {v}" for k, v in row.items()) for row in ours["trial_costs"])
+    print("modelyard trials, slowest first:\n  " + "\n  ".join(costs))
     if ours["workers"] == 1:
         share = ours["tracking_s"] / ours["tune_wall_s"]
         print(

@@ -39,6 +39,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from modelyard.config import Hyperparams
 from modelyard.features.augment import ImageAugmenter
 from modelyard.models.cnn import CNN
+from modelyard.models.dropout import Dropout
 from modelyard.models.mlp import MLP, PeriodicEmbedding, PiecewiseLinearEmbedding
 from modelyard.training import (
     EarlyStopping,
@@ -75,7 +76,7 @@ FUSABLE: tuple[type[nn.Module], ...] = (
     nn.MaxPool2d,
     nn.AdaptiveAvgPool2d,
     nn.Flatten,
-    nn.Dropout,
+    Dropout,
     nn.Dropout2d,
     nn.ReLU,
     nn.LeakyReLU,
@@ -123,7 +124,7 @@ def _with_member_dropout(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     for module in list(model.modules()):
         for name, child in module.named_children():
-            if type(child) in (nn.Dropout, nn.Dropout2d):
+            if isinstance(child, (nn.Dropout, nn.Dropout2d)):
                 setattr(module, name, MemberDropout(child.p, channels=type(child) is nn.Dropout2d))
     return model
 

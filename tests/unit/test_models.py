@@ -84,6 +84,23 @@ def test_dropout_is_random_in_training_and_off_in_eval() -> None:
     torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_cpu_dropout_drops_the_rate_keeps_the_mean_and_masks_the_gradient(p: float) -> None:
+    from modelyard.models.dropout import Dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400, 300, requires_grad=True)
+    out = Dropout(p).train()(x)
+    kept = out != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.01  # the rate, to 1/256 and sampling noise
+    assert abs(out.mean().item() - 1) < 0.02  # kept elements scaled up: the expectation is the input's
+    assert not torch.equal(kept[0], kept[1])  # rows draw their own masks
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, out.detach(), rtol=0, atol=0)  # no gradient through a dropped element
+    twice = Dropout(p).train()(x.detach())
+    assert not torch.equal(twice != 0, kept)  # a new mask each call
+
+
 def test_zero_dropout_adds_no_dropout_layers() -> None:
     model = build_model("ann", N_INPUTS, 1, Hyperparams(dropout=0.0))
     assert layers_of(model, nn.Dropout) == []

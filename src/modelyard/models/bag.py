@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from modelyard.models.dropout import Dropout
+
 BIGRAM_PRIME = 1_000_003
 
 
@@ -36,7 +38,7 @@ class BagOfEmbeddings(nn.Module):
         self.vocab_size, self.n_buckets = vocab_size, n_buckets
         self.embedding = nn.EmbeddingBag(vocab_size + n_buckets, embed_dim, mode="sum")
         nn.init.normal_(self.embedding.weight, std=0.1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.head = nn.Linear(embed_dim, n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from modelyard.models.dropout import Dropout
+
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int, *, pool: bool, dropout: float) -> nn.Sequential:
     """(Conv2d -> BatchNorm2d -> ReLU) x 2, then MaxPool2d(2) if `pool`, then Dropout2d."""
@@ -72,7 +74,7 @@ class CNN(nn.Module):
             nn.Flatten(),
             nn.Linear(channels, dense_units),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(dense_units, n_outputs),
         )
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from modelyard.models.dropout import Dropout
+
 KERNELS = (8, 5, 3)  # the paper's kernel sizes, one per convolution of a block
 
 
@@ -35,7 +37,7 @@ class _MaskedConvClassifier(nn.Module):
     def __init__(self, n_features: int, width: int, n_outputs: int, dropout: float) -> None:
         super().__init__()
         self.n_features = n_features
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.head = nn.Linear(width, n_outputs)
 
     def encode(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

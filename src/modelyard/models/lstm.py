@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelyard.models.dropout import Dropout
+
 
 class LSTMNet(nn.Module):
     """LSTM -> Dropout -> Linear(`n_outputs`): logits for classification, values for
@@ -46,7 +48,7 @@ class LSTMNet(nn.Module):
             bidirectional=bidirectional,
             dropout=dropout if n_layers > 1 else 0.0,
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), n_outputs)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from modelyard.models.dropout import Dropout
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -35,10 +37,12 @@ class PeriodicEmbedding(nn.Module):
         self.bias = nn.Parameter(torch.empty(n_features, dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        angles = 2 * math.pi * self.frequencies * x.unsqueeze(-1)  # (N, F, k)
-        periodic = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (N, F, 2k)
-        embedded = torch.einsum("nfi,fid->nfd", periodic, self.weight) + self.bias
-        return torch.relu(embedded).flatten(1)
+        # feature-major (F, N, ...) throughout, so the per-feature Linear is one batched
+        # matmul with its bias, with no copy to another layout before it
+        angles = (2 * math.pi) * self.frequencies.unsqueeze(1) * x.T.unsqueeze(-1)  # (F, N, k)
+        periodic = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (F, N, 2k)
+        embedded = torch.baddbmm(self.bias.unsqueeze(1), periodic, self.weight)  # (F, N, dim)
+        return torch.relu(embedded).transpose(0, 1).flatten(1)
 
 
 class PiecewiseLinearEmbedding(nn.Module):
@@ -120,7 +124,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(units))
             layers.append(ACTIVATIONS[activation]())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             width = units
         layers.append(nn.Linear(width, n_outputs))
         self.net = nn.Sequential(*layers)
