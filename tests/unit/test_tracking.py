@@ -124,3 +124,20 @@ def test_a_splits_schema_from_a_sample_is_the_schema_of_all_its_rows(tmp_path: P
         everything = _infer_schema(frame).to_dict()
     assert json.loads(logged.dataset.schema)["mlflow_colspec"] == everything
     assert json.loads(logged.dataset.profile)["num_rows"] == n_rows  # the profile counts every row
+
+
+def test_a_splits_digest_follows_its_rows(tmp_path: Path) -> None:
+    """The same rows give the same MLflow dataset (the UI groups runs by it); a changed
+    value, even past the first 10,000 rows MLflow's own digest reads, gives another."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"x": np.arange(12_000, dtype=float), "label": ["yes", "no"] * 6_000})
+
+    def digest(rows: pd.DataFrame) -> str:
+        (logged,) = tracking.dataset_inputs("toy", "label", {"train": (rows, tmp_path / "train.parquet")}, tmp_path)
+        return logged.dataset.digest
+
+    changed = frame.copy()
+    changed.loc[11_000, "x"] = -1.0
+    assert digest(frame) == digest(frame.copy()) != digest(changed)
