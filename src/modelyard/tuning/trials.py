@@ -299,8 +299,8 @@ class TrialRunner:
     def on_epoch_end(self, started: Started) -> Callable[[int, dict[str, float]], None]:
         """The trial's per-epoch callback: log, report to Optuna, prune. A linear model
         solved exactly is never pruned: its rounds are a solver's iterations, not a network
-        learning, it costs a fraction of one epoch of a network, and selection and the
-        cross-fit compare every network with it (`search_space.BASELINE_TRIAL`)."""
+        learning, and selection and the cross-fit compare every network with it
+        (`search_space.BASELINE_TRIAL`)."""
         trial, run, monitor = started.trial, started.run, self.setup.task.monitor
         prunable = started.model is not None and not solves_exactly(started.model, started.hparams)
 
