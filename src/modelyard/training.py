@@ -292,6 +292,20 @@ def make_optimizer(model: nn.Module, hparams: Hyperparams) -> torch.optim.Optimi
     return optimizer(params, lr=hparams.lr, weight_decay=hparams.weight_decay, fused=True)
 
 
+def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> None:
+    """Scale the gradients so that their joint L2 norm is at most `max_norm`: what
+    `nn.utils.clip_grad_norm_` does, with the same result. On a CPU they are scaled only
+    when the norm is over the limit (torch multiplies every gradient by at most 1.0 on each
+    step, so as not to wait for a GPU): 310 us a step against 110 us for a 4 x 293 MLP
+    (scratch timing), 5-10 % of a small network's step."""
+    if parameters[0].device.type != "cpu":
+        nn.utils.clip_grad_norm_(parameters, max_norm)
+        return
+    total = nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    if total + 1e-6 > max_norm:  # torch's coefficient max_norm / (total + 1e-6) is below 1
+        nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+
+
 def as_target(y: np.ndarray, problem: Problem, device: torch.device) -> torch.Tensor:
     dtype = torch.long if problem == "multiclass" else torch.float32
     return torch.as_tensor(np.asarray(y), dtype=dtype, device=device)
@@ -345,6 +359,7 @@ def fit(
     autocast, scaler = _autocast(device)
     generator = torch.Generator(device=device).manual_seed(options.seed)
     linear_weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    parameters = list(model.parameters())
     batch_size = hparams.batch_size
     plan = EpochPlan.of(len(x_train), batch_size, options)
     scheduler = make_schedule(optimizer, plan.max_epochs * plan.steps, options.schedule, options.warmup)
@@ -367,7 +382,7 @@ def fit(
             else:
                 loss.backward()
             if options.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+                clip_gradients(parameters, options.grad_clip)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

@@ -11,7 +11,7 @@ from modelyard.config import Hyperparams, parse_settings
 from modelyard.features import TargetCodec, tabular_preprocessor
 from modelyard.features.preprocessing import smooth_clip
 from modelyard.models import MLP, Ensemble, build_model
-from modelyard.models.mlp import PeriodicEmbedding
+from modelyard.models.mlp import CosSin, PeriodicEmbedding
 from modelyard.training import FitOptions, fit, predict
 from tests.conftest import toy_frame, toy_params
 
@@ -26,6 +26,17 @@ def test_periodic_embedding_widens_only_the_numeric_columns() -> None:
     # no numeric columns, or the option off: a plain MLP
     assert build_model("ann", 10, 1, PLR, n_numeric=0).embed is None
     assert build_model("ann", 10, 1, Hyperparams(units=16), n_numeric=3).net[0].in_features == 10
+
+
+def test_cos_sin_backward_from_its_outputs_matches_autograd_alone_and_under_vmap() -> None:
+    angles = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(CosSin.apply, (angles,))
+    weights = torch.randn(3, 5, 8, dtype=torch.float64)
+    plain = torch.autograd.grad((torch.cat([angles.cos(), angles.sin()], -1) * weights).sum(), angles)[0]
+    torch.testing.assert_close(torch.autograd.grad((CosSin.apply(angles) * weights).sum(), angles)[0], plain)
+    stacked = torch.vmap(CosSin.apply)(angles)  # trial fusion runs it under vmap
+    torch.testing.assert_close(stacked, torch.cat([angles.cos(), angles.sin()], -1))
+    torch.testing.assert_close(torch.autograd.grad((stacked * weights).sum(), angles)[0], plain)
 
 
 def test_periodic_embedding_learns_what_a_plain_mlp_cannot_in_the_same_budget() -> None:

@@ -13,6 +13,7 @@ from modelyard.training import (
     FitResult,
     TrainingDiverged,
     as_target,
+    clip_gradients,
     cross_fit_splits,
     fit,
     loss_function,
@@ -386,3 +387,18 @@ def test_a_linear_model_with_an_l1_penalty_trains_by_mini_batches() -> None:
     hparams = LINEAR.model_copy(update={"l1": 1e-3, "lr": 1e-2})
     _, result = train("binary", hparams, make_learnable(), max_epochs=4)
     assert len(result.history) == 4  # the epoch budget, not L-BFGS rounds
+
+
+@pytest.mark.parametrize("scale", [0.001, 1.0, 100.0])  # under the limit, over it, far over it
+def test_clip_gradients_leaves_the_same_gradients_as_torch(scale: float) -> None:
+    torch.manual_seed(0)
+    model = build_model("ann", 8, 1, Hyperparams(n_layers=2, units=16))
+    copy = build_model("ann", 8, 1, Hyperparams(n_layers=2, units=16))
+    for p, q in zip(model.parameters(), copy.parameters(), strict=True):
+        p.grad = torch.randn_like(p) * scale
+        q.grad = p.grad.clone()
+    clip_gradients(list(model.parameters()), 1.0)
+    torch.nn.utils.clip_grad_norm_(copy.parameters(), 1.0)
+    for p, q in zip(model.parameters(), copy.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+    assert torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]) <= 1.0 + 1e-5

@@ -7,7 +7,9 @@ training step of a 4-layer MLP, and four such layers made dropout 38 % of the st
 element is kept when its byte is at or above `round(p * 256)`: the same Bernoulli masks
 with the rate rounded to 1/256 (0.2 drops 51/256 = 0.199), 15x cheaper to draw. The kept
 elements are scaled by 256 / (256 - dropped bytes), so the expected activation is
-unchanged, as in `nn.Dropout`. On a GPU, PyTorch's fused dropout kernel is already cheap,
+unchanged, as in `nn.Dropout`. The comparison writes the mask as floats at once
+(`torch.ge(..., out=)`): a boolean mask and its conversion took 72 + 60 us on that
+activation, the comparison into floats 14 us. On a GPU, PyTorch's fused dropout kernel is already cheap,
 and it is used as it is.
 """
 
@@ -31,5 +33,5 @@ class Dropout(nn.Dropout):
         dropped = min(round(self.p * BYTE_VALUES), BYTE_VALUES - 1)
         n = x.numel()
         words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits random
-        kept = words.view(torch.uint8)[:n].view(x.shape) >= dropped
-        return x * (kept.to(x.dtype) * (BYTE_VALUES / (BYTE_VALUES - dropped)))
+        mask = torch.ge(words.view(torch.uint8)[:n].view(x.shape), dropped, out=torch.empty_like(x))  # 1.0: kept
+        return x * mask.mul_(BYTE_VALUES / (BYTE_VALUES - dropped))

@@ -20,6 +20,30 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+class CosSin(torch.autograd.Function):
+    """[cos(a), sin(a)] along the last axis, with a backward that reuses them: the derivative
+    of cos is -sin and that of sin is cos, both already computed. Autograd's own backward
+    computes both again, and on a CPU they are the dearest elementwise functions there are
+    (110 us for each over a (6, 256, 48) tensor, against 14 us for a product)."""
+
+    generate_vmap_rule = True  # for trial fusion's `vmap`
+
+    @staticmethod
+    def forward(angles: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (values,) = ctx.saved_tensors
+        k = values.shape[-1] // 2
+        cos, sin = values[..., :k], values[..., k:]
+        return torch.addcmul(grad[..., k:] * cos, grad[..., :k], sin, value=-1)
+
+
 class PeriodicEmbedding(nn.Module):
     """PLR embeddings of numeric features (Gorishniy, Rubachev, Babenko, "On Embeddings for
     Numerical Features in Tabular Deep Learning", NeurIPS 2022).
@@ -40,7 +64,7 @@ class PeriodicEmbedding(nn.Module):
         # feature-major (F, N, ...) throughout, so the per-feature Linear is one batched
         # matmul with its bias, with no copy to another layout before it
         angles = (2 * math.pi) * self.frequencies.unsqueeze(1) * x.T.unsqueeze(-1)  # (F, N, k)
-        periodic = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (F, N, 2k)
+        periodic = CosSin.apply(angles)  # (F, N, 2k)
         embedded = torch.baddbmm(self.bias.unsqueeze(1), periodic, self.weight)  # (F, N, dim)
         return torch.relu(embedded).transpose(0, 1).flatten(1)
 
