@@ -57,6 +57,7 @@ from modelyard.training import (
     resolve_device,
     solves_exactly,
     start_at_prior,
+    take_batch,
 )
 
 # Hyperparameters that may differ between the members of one fused model.
@@ -238,8 +239,7 @@ def fit_fused(
         loss_sums = torch.zeros(len(stack.members), device=device)
         for start in range(0, plan.rows, batch_size):
             index = order[start : start + batch_size]
-            inputs = x_train[index] if augment is None else augment(x_train[index], generator)
-            target = y_train[index]
+            inputs, target = take_batch(x_train, y_train, index, augment, generator)
             losses = torch.stack([loss_fn(_output(out, options.problem), target) for out in stack(inputs)])
             losses.sum().backward()
             stack.step(factor(stack.steps), options.grad_clip)

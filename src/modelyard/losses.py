@@ -50,7 +50,7 @@ class _Binary(nn.Module):
         self.name, self.smoothing = name, smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        smoothed = target * (1.0 - self.smoothing) + 0.5 * self.smoothing
+        smoothed = target * (1.0 - self.smoothing) + 0.5 * self.smoothing if self.smoothing else target
         if self.name == "hinge":
             return torch.relu(1.0 - (2.0 * smoothed - 1.0) * logits).mean()
         loss = F.binary_cross_entropy_with_logits(logits, smoothed)
