@@ -9,8 +9,8 @@ with the rate rounded to 1/256 (0.2 drops 51/256 = 0.199), 15x cheaper to draw. 
 elements are scaled by 256 / (256 - dropped bytes), so the expected activation is
 unchanged, as in `nn.Dropout`. The comparison writes the mask as floats at once
 (`torch.ge(..., out=)`): a boolean mask and its conversion took 72 + 60 us on that
-activation, the comparison into floats 14 us. On a GPU, PyTorch's fused dropout kernel is already cheap,
-and it is used as it is.
+activation, the comparison into floats 14 us. On a GPU, PyTorch's fused dropout kernel is
+already cheap, and it is used as it is.
 """
 
 from __future__ import annotations
