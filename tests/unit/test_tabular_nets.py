@@ -37,6 +37,11 @@ def test_cos_sin_backward_from_its_outputs_matches_autograd_alone_and_under_vmap
     stacked = torch.vmap(CosSin.apply)(angles)  # trial fusion runs it under vmap
     torch.testing.assert_close(stacked, torch.cat([angles.cos(), angles.sin()], -1))
     torch.testing.assert_close(torch.autograd.grad((stacked * weights).sum(), angles)[0], plain)
+    # in float32 too, to the bit: training takes the same steps as with autograd's own backward
+    angles32, weights32 = angles.detach().float().requires_grad_(), weights.float()
+    ours = torch.autograd.grad((CosSin.apply(angles32) * weights32).sum(), angles32)[0]
+    theirs = torch.autograd.grad((torch.cat([angles32.cos(), angles32.sin()], -1) * weights32).sum(), angles32)[0]
+    assert torch.equal(ours, theirs)
 
 
 def test_periodic_embedding_learns_what_a_plain_mlp_cannot_in_the_same_budget() -> None:

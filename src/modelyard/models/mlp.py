@@ -41,7 +41,7 @@ class CosSin(torch.autograd.Function):
         (values,) = ctx.saved_tensors
         k = values.shape[-1] // 2
         cos, sin = values[..., :k], values[..., k:]
-        return torch.addcmul(grad[..., k:] * cos, grad[..., :k], sin, value=-1)
+        return grad[..., k:] * cos - grad[..., :k] * sin  # autograd's sum, to the bit
 
 
 class PeriodicEmbedding(nn.Module):
