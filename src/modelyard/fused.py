@@ -41,6 +41,7 @@ from modelyard.features.augment import ImageAugmenter
 from modelyard.models.cnn import CNN
 from modelyard.models.dropout import Dropout
 from modelyard.models.mlp import MLP, PeriodicEmbedding, PiecewiseLinearEmbedding
+from modelyard.optimizers import BETAS, EPS
 from modelyard.training import (
     EarlyStopping,
     EpochCallback,
@@ -86,7 +87,6 @@ FUSABLE: tuple[type[nn.Module], ...] = (
     nn.GELU,
     nn.ELU,
 )
-BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, which `training.fit` uses
 
 
 def fusion_key(model: nn.Module, hparams: Hyperparams) -> Hashable | None:
@@ -159,7 +159,7 @@ class _Stack:
 
     @torch.no_grad()
     def step(self, factor: float, clip: float | None) -> None:
-        """One AdamW step of every member (as torch.optim.AdamW, after clipping each
+        """One AdamW step of every member (as `training.fit`'s, after clipping each
         member's gradient to norm `clip` as nn.utils.clip_grad_norm_ does)."""
         grads = {name: p.grad for name, p in self.params.items()}
         if clip:
