@@ -207,7 +207,8 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
     features = Arrays(arrays["x_train"], arrays["y_train"], arrays["x_val"], arrays["y_val"], **size)
     client = tracking.connect(ctx.root)
     experiment = ctx.experiment(client)
-    name = f"{ctx.task_name}-{study_fingerprint(tracking.file_md5(ctx.paths.features), task, ctx.settings.seed)}"
+    tags = ctx.tags("tune", {"features.npz": ctx.paths.features})  # the features' MD5 among them
+    name = f"{ctx.task_name}-{study_fingerprint(tags['dvc.md5.features.npz'], task, ctx.settings.seed)}"
     storage = task.tune.storage
     say(
         f"tune {ctx.task_name}: study {name} in {storage_label(storage, ctx.paths.study_journal)}, "
@@ -238,7 +239,7 @@ def tune(ctx: Context, workers: int = 1, warm_start: Hyperparams | None = None) 
             root=ctx.root,
             client=client,
             experiment=experiment,
-            tags=ctx.tags("tune", {"features.npz": ctx.paths.features}),
+            tags=tags,
             datasets=ctx.datasets("train", "val"),
             workers=workers,
             on_trial_end=on_trial_end if progress else None,

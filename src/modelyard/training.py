@@ -282,16 +282,19 @@ def make_optimizer(model: nn.Module, hparams: Hyperparams) -> FusedOptimizer:
 
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> None:
     """Scale the gradients so that their joint L2 norm is at most `max_norm`: what
-    `nn.utils.clip_grad_norm_` does, with the same result. On a CPU they are scaled only
-    when the norm is over the limit (torch multiplies every gradient by at most 1.0 on each
-    step, so as not to wait for a GPU): 310 us a step against 110-145 us for a 4 x 293 MLP
-    (scratch timing), where torch's took 7-12 % of a small network's step."""
+    `nn.utils.clip_grad_norm_` does, with the same result to the bit. On a CPU the same
+    kernels are called directly, and the gradients are scaled only when the norm is over
+    the limit (torch multiplies every gradient by at most 1.0 on each step, so as not to
+    wait for a GPU, and groups the tensors by device and dtype in Python): 310 us a step
+    against 110-145 us for a 4 x 293 MLP, where torch's took 7-12 % of a small network's
+    step; calling the kernels without the grouping saved 7-17 us more (scratch timing)."""
     if parameters[0].device.type != "cpu":
         nn.utils.clip_grad_norm_(parameters, max_norm)
         return
-    total = nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
-    if total + 1e-6 > max_norm:  # torch's coefficient max_norm / (total + 1e-6) is below 1
-        nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    coefficient = max_norm / (torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) + 1e-6)
+    if coefficient < 1.0:
+        torch._foreach_mul_(grads, coefficient)
 
 
 def as_target(y: np.ndarray, problem: Problem, device: torch.device) -> torch.Tensor:
