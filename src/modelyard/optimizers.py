@@ -6,18 +6,19 @@
 bit (tests/unit/test_optimizers.py). What it leaves out is `torch.optim.Optimizer`'s
 wrapping, which a small network pays on every step and every process pays once:
 
-- on a CPU, `Optimizer.step` spent 100-190 us a step around a kernel of about 60-100 us
-  (hooks, the profiler's record, dynamo's guards, the grouping of tensors by device and
-  dtype), and `LambdaLR` wrapped it once more;
-- constructing any `torch.optim` optimizer imports `torch._dynamo`, 0.65-1.1 s on the
-  2-core machine, in every tune and train process (bench/README.md "The optimizer").
+- on a CPU, `Optimizer.step` spent 128-190 us a step of Python around a kernel of about
+  60-100 us (hooks, the profiler's record, dynamo's guards, the grouping of tensors by
+  device and dtype), and `LambdaLR` wrapped it once more;
+- constructing any `torch.optim` optimizer imports `torch._dynamo`: 0.65 s on the Intel
+  2-core machine, 1.14-1.18 s on the AMD one, in every tune and train process
+  (bench/README.md "The optimizer without its wrapping").
 
 The learning rate is an argument of `step`: `training.fit` passes the schedule's value,
 which is what `LambdaLR` would have set. `param_groups` is there for `torch.amp.GradScaler`
 (float16 training on a GPU without bfloat16): it unscales the gradients listed there,
-skips the step when one is not finite, and passes its arguments on to `step`. Linear models solved
-exactly still use `torch.optim.LBFGS` (`training.solve_convex`): a line-search solver is
-not a kernel call, and its per-round cost is not per step.
+skips the step when one is not finite, and passes its arguments on to `step`. Linear
+models solved exactly still use `torch.optim.LBFGS` (`training.solve_convex`): a
+line-search solver is not a kernel call, and its per-round cost is not per step.
 """
 
 from __future__ import annotations
