@@ -53,6 +53,7 @@ from modelyard.training import (
     as_target,
     criterion,
     eval_batch,
+    keep_freed_memory,
     lr_factor,
     output_metrics,
     resolve_device,
@@ -208,6 +209,7 @@ def fit_fused(
     weights loaded back into it) or the exception that stopped it (`TrainingDiverged`, or
     what its callback raised, such as optuna.TrialPruned). An exception that is not an
     Exception (KeyboardInterrupt) stops them all."""
+    keep_freed_memory()
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
     x_train = torch.as_tensor(train[0], dtype=torch.float32, device=device)

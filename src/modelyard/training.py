@@ -30,6 +30,8 @@ once per epoch.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,6 +235,33 @@ class EarlyStopping:
         return FitResult(self.best_epoch + 1, self.history[self.best_epoch], self.history)
 
 
+# glibc's mallopt options, and what `keep_freed_memory` sets them to.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for the threshold it adapts by itself
+TRIM_THRESHOLD = 256 << 20
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory a training step frees, for the next step to reuse;
+    whether it could (False off glibc). Called by `fit` and `fused.fit_fused`, once a process.
+
+    A CPU step allocates its activations and gradients anew, blocks of 0.1-10 MB. By default
+    glibc maps a block that large straight from the kernel and unmaps it when freed, and it
+    returns the top of its heap once more than twice that lies free, so the next step's
+    block arrives as fresh pages: one page fault each, 1.4 us here, 293 of them for a
+    1.2 MB tensor (an allocation and fill took 430-480 us, against 16 us for reused
+    memory). A tune of Adult's 12 trials faulted 108,000-306,000 times. With blocks of up to
+    MMAP_THRESHOLD taken from the heap, and up to TRIM_THRESHOLD of free heap kept, the
+    pages stay mapped: the process holds on to at most that much memory it no longer uses
+    (what PyTorch's own CPU tuning guide gets by preloading jemalloc or tcmalloc)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` is CUDA when available, else the CPU."""
     if name == "auto":
@@ -338,6 +367,7 @@ def fit(
     `on_epoch_end(epoch, metrics)` runs after each epoch; an exception it raises (such as
     optuna.TrialPruned) stops training and propagates.
     """
+    keep_freed_memory()
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
     model.to(device)
