@@ -251,10 +251,12 @@ def keep_freed_memory() -> bool:
     returns the top of its heap once more than twice that lies free, so the next step's
     block arrives as fresh pages: one page fault each, 1.4 us here, 293 of them for a
     1.2 MB tensor (an allocation and fill took 430-480 us, against 16 us for reused
-    memory). A tune of Adult's 12 trials faulted 108,000-306,000 times. With blocks of up to
-    MMAP_THRESHOLD taken from the heap, and up to TRIM_THRESHOLD of free heap kept, the
-    pages stay mapped: the process holds on to at most that much memory it no longer uses
-    (what PyTorch's own CPU tuning guide gets by preloading jemalloc or tcmalloc)."""
+    memory). A tune of Adult's 12 trials faulted 61,000-299,000 times, 19,000-24,000 with
+    this, and paired fits of its trials ran 3-7 % faster (bench/README.md "Freed memory
+    kept for the next step"). With blocks of up to MMAP_THRESHOLD taken from the heap,
+    and up to TRIM_THRESHOLD of free heap kept, the pages stay mapped: the process holds
+    on to at most that much memory it no longer uses (what PyTorch's own CPU tuning guide
+    gets by preloading jemalloc or tcmalloc)."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
