@@ -254,9 +254,9 @@ def keep_freed_memory() -> bool:
     memory). A tune of Adult's 12 trials faulted 61,000-299,000 times, 19,000-24,000 with
     this, and paired fits of its trials ran 3-7 % faster (bench/README.md "Freed memory
     kept for the next step"). With blocks of up to MMAP_THRESHOLD taken from the heap,
-    and up to TRIM_THRESHOLD of free heap kept, the pages stay mapped: the process holds
-    on to at most that much memory it no longer uses (what PyTorch's own CPU tuning guide
-    gets by preloading jemalloc or tcmalloc)."""
+    and up to TRIM_THRESHOLD of freed memory kept at the heap's top, the pages stay mapped:
+    the price is that much memory held while the process lives (what PyTorch's own CPU
+    tuning guide gets by preloading jemalloc or tcmalloc)."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
