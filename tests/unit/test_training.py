@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 import textwrap
@@ -408,11 +409,12 @@ def test_clip_gradients_leaves_the_same_gradients_as_torch(scale: float) -> None
     assert torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]) <= 1.0 + 1e-5
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc options")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc options")
 def test_freed_memory_is_reused_without_page_faults() -> None:
     """After `keep_freed_memory`, blocks of a validation pass's size (12 MB) freed and taken
     again come back as mapped pages; with glibc's defaults every pass faults thousands of
-    pages in anew (1.4 us each on the CI host). In a fresh process: the setting is global."""
+    pages in anew (1.4 us each on the development host). In a fresh process: the setting
+    is global."""
     script = textwrap.dedent(
         """
         import resource
