@@ -11,7 +11,7 @@ from modelyard.config import Hyperparams, parse_settings
 from modelyard.features import TargetCodec, tabular_preprocessor
 from modelyard.features.preprocessing import smooth_clip
 from modelyard.models import MLP, Ensemble, build_model
-from modelyard.models.mlp import CosSin, PeriodicEmbedding
+from modelyard.models.mlp import PeriodicEmbedding, PeriodicFeatures
 from modelyard.training import FitOptions, fit, predict
 from tests.conftest import toy_frame, toy_params
 
@@ -28,20 +28,34 @@ def test_periodic_embedding_widens_only_the_numeric_columns() -> None:
     assert build_model("ann", 10, 1, Hyperparams(units=16), n_numeric=3).net[0].in_features == 10
 
 
-def test_cos_sin_backward_from_its_outputs_matches_autograd_alone_and_under_vmap() -> None:
-    angles = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(CosSin.apply, (angles,))
+def test_periodic_features_match_autograd_through_cos_and_sin_alone_and_under_vmap() -> None:
+    x = torch.randn(3, 5, 1, dtype=torch.float64, requires_grad=True)
+    frequencies = torch.randn(3, 1, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(PeriodicFeatures.apply, (x, frequencies))
+
+    def plain(x: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+        angles = 2 * torch.pi * frequencies * x
+        return torch.cat([angles.cos(), angles.sin()], -1)
+
     weights = torch.randn(3, 5, 8, dtype=torch.float64)
-    plain = torch.autograd.grad((torch.cat([angles.cos(), angles.sin()], -1) * weights).sum(), angles)[0]
-    torch.testing.assert_close(torch.autograd.grad((CosSin.apply(angles) * weights).sum(), angles)[0], plain)
-    stacked = torch.vmap(CosSin.apply)(angles)  # trial fusion runs it under vmap
-    torch.testing.assert_close(stacked, torch.cat([angles.cos(), angles.sin()], -1))
-    torch.testing.assert_close(torch.autograd.grad((stacked * weights).sum(), angles)[0], plain)
-    # in float32 too, to the bit: training takes the same steps as with autograd's own backward
-    angles32, weights32 = angles.detach().float().requires_grad_(), weights.float()
-    ours = torch.autograd.grad((CosSin.apply(angles32) * weights32).sum(), angles32)[0]
-    theirs = torch.autograd.grad((torch.cat([angles32.cos(), angles32.sin()], -1) * weights32).sum(), angles32)[0]
-    assert torch.equal(ours, theirs)
+    expected = torch.autograd.grad((plain(x, frequencies) * weights).sum(), (x, frequencies))
+    ours = PeriodicFeatures.apply(x, frequencies)
+    torch.testing.assert_close(ours, plain(x, frequencies))
+    torch.testing.assert_close(torch.autograd.grad((ours * weights).sum(), (x, frequencies)), expected)
+    # trial fusion runs it under vmap, one set of frequencies per member, the rows shared
+    stacked = torch.stack([frequencies, 2 * frequencies])
+    fused = torch.vmap(PeriodicFeatures.apply, in_dims=(None, 0))(x, stacked)
+    torch.testing.assert_close(fused[1], plain(x, 2 * frequencies))
+    grads = torch.autograd.grad((fused * weights).sum(), (x, stacked))
+    lone = [torch.autograd.grad((plain(x, f) * weights).sum(), (x, f)) for f in (frequencies, 2 * frequencies)]
+    torch.testing.assert_close(grads[0], lone[0][0] + lone[1][0])
+    torch.testing.assert_close(grads[1], torch.stack([lone[0][1], lone[1][1]]))
+    # in float32 the cosines are sines of the angles shifted by pi/2: off by the rounding of
+    # that sum at most, a few units in the last place of the largest angle
+    x32, f32 = x.detach().float(), frequencies.detach().float()
+    largest = (2 * torch.pi * f32 * x32).abs().max() + torch.pi
+    bound = 2 * torch.finfo(torch.float32).eps * float(largest)
+    torch.testing.assert_close(PeriodicFeatures.apply(x32, f32), plain(x32, f32), rtol=0, atol=bound)
 
 
 def test_periodic_embedding_learns_what_a_plain_mlp_cannot_in_the_same_budget() -> None:
