@@ -35,7 +35,8 @@ class PeriodicFeatures(torch.autograd.Function):
     def apply(cls, x: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
         """`torch.autograd.Function.apply`, less what it adds for a function that has a
         `setup_context` (as `vmap` needs): binding the arguments through `inspect.signature`
-        on every call, about 15 us, which only `vmap` and other torch.func transforms use."""
+        on every call (34 us a call against 16 us without it, scratch loop), which only
+        `vmap` and other torch.func transforms use."""
         if torch._C._are_functorch_transforms_active():
             return super().apply(x, frequencies)
         return super(torch.autograd.Function, cls).apply(x, frequencies)
